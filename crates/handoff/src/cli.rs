@@ -1,0 +1,143 @@
+//! The command line (clap derive). Kept in the library so tests can check it and the man page
+//! can be generated from it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use nix::sys::signal::Signal;
+
+use crate::config::{self, ListenSpec, Options, ReadyMode};
+use crate::duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "handoff", version, about = "Zero-downtime rollovers of worker processes on sockets that never close")]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Sub,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Sub {
+    /// Run the supervisor: hold the sockets, start workers, roll them over on reload.
+    Run(RunArgs),
+    /// Roll over to a new generation and wait for the outcome (exit 0 served, 1 rolled back).
+    Reload(ReloadArgs),
+    /// Show generations, workers and the last rollover.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML file with any of the options below (underscores for dashes); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Bind this address when not socket-activated: HOST:PORT, [V6]:PORT or a unix path; NAME=ADDR names it.
+    #[arg(long, value_name = "[NAME=]ADDR", value_parser = config::parse_listen)]
+    pub listen: Vec<ListenSpec>,
+    /// Worker processes per generation [default: 1].
+    #[arg(long, value_name = "N", value_parser = config::parse_workers)]
+    pub workers: Option<usize>,
+    /// Readiness: `notify` (READY=1 on NOTIFY_SOCKET) or `delay:DURATION` [default: notify].
+    #[arg(long, value_name = "MODE", value_parser = config::parse_ready)]
+    pub ready: Option<ReadyMode>,
+    /// Roll back when a new worker is not ready in this time [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub ready_timeout: Option<Duration>,
+    /// SIGKILL old workers still running this long after the drain signal [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub drain_timeout: Option<Duration>,
+    /// Signal that asks a worker to stop accepting and finish [default: SIGTERM].
+    #[arg(long, value_name = "SIG", value_parser = config::parse_signal)]
+    pub drain_signal: Option<Signal>,
+    /// Replace workers one at a time instead of a whole generation at once.
+    #[arg(long)]
+    pub rolling: bool,
+    /// Control socket path [default: RUNTIME_DIR/control.sock].
+    #[arg(long, value_name = "PATH", env = "HANDOFF_CONTROL")]
+    pub control: Option<PathBuf>,
+    /// Directory (mode 0700) for the control and notify sockets [default: $RUNTIME_DIRECTORY,
+    /// $XDG_RUNTIME_DIR/handoff or /run/handoff].
+    #[arg(long, value_name = "DIR")]
+    pub runtime_dir: Option<PathBuf>,
+    /// Shell command run (sh -c) when a worker had to be killed after the drain timeout.
+    #[arg(long, value_name = "CMD")]
+    pub on_drain_timeout: Option<String>,
+    /// The app's version file (package.json): recorded per generation, used by reload --if-changed.
+    #[arg(long, value_name = "PATH")]
+    pub version_file: Option<PathBuf>,
+    /// The worker command, exec'd directly (no shell).
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+impl RunArgs {
+    /// What the command line said, for laying over the config file.
+    pub fn options(&self) -> Options {
+        Options {
+            listen: (!self.listen.is_empty()).then(|| self.listen.clone()),
+            workers: self.workers,
+            ready: self.ready,
+            ready_timeout: self.ready_timeout,
+            drain_timeout: self.drain_timeout,
+            drain_signal: self.drain_signal,
+            rolling: self.rolling.then_some(true),
+            control: self.control.clone(),
+            runtime_dir: self.runtime_dir.clone(),
+            on_drain_timeout: self.on_drain_timeout.clone(),
+            version_file: self.version_file.clone(),
+            command: (!self.command.is_empty()).then(|| self.command.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// Control socket of the handoff to reload.
+    #[arg(long, value_name = "PATH", env = "HANDOFF_CONTROL")]
+    pub control: Option<PathBuf>,
+    /// Only roll over if the version file changed since the running generation started.
+    #[arg(long)]
+    pub if_changed: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Control socket of the handoff to ask.
+    #[arg(long, value_name = "PATH", env = "HANDOFF_CONTROL")]
+    pub control: Option<PathBuf>,
+    /// Machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_parses_the_documented_form() {
+        let cli = Cli::try_parse_from([
+            "handoff", "run", "--listen", "http=127.0.0.1:8080", "--workers", "4", "--ready", "delay:500ms",
+            "--drain-timeout", "5s", "--drain-signal", "SIGQUIT", "--rolling", "--", "node", "server.js", "--port", "3",
+        ])
+        .unwrap();
+        let Sub::Run(r) = cli.command else { panic!() };
+        let o = r.options();
+        assert_eq!(o.workers, Some(4));
+        assert_eq!(o.command.unwrap(), vec!["node", "server.js", "--port", "3"]);
+        assert_eq!(o.drain_signal, Some(Signal::SIGQUIT));
+        assert_eq!(o.rolling, Some(true));
+        assert!(Cli::try_parse_from(["handoff", "run", "--workers", "0", "--", "x"]).is_err());
+        assert!(Cli::try_parse_from(["handoff", "run", "--drain-timeout", "10", "--", "x"]).is_err());
+    }
+}

@@ -1,0 +1,447 @@
+//! Settings: the TOML file, the command line, and the validated [`Settings`] the rest trusts.
+//!
+//! Both sources fill the same [`Options`] (every field optional); the command line is laid over
+//! the file, then [`Options::settle`] applies defaults and validates once. Text parsing takes a
+//! `&str` so tests need no files; [`load_file`] is the only function that touches the disk.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::duration;
+
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub const MAX_WORKERS: usize = 4096;
+
+/// Where a listening socket comes from when handoff binds it itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// `[NAME=]ADDR` from `--listen` or the `listen` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenSpec {
+    pub name: Option<String>,
+    pub addr: ListenAddr,
+}
+
+/// How a worker tells it is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadyMode {
+    /// `READY=1` on the worker's `NOTIFY_SOCKET`.
+    Notify,
+    /// Ready once it has lived this long (for workers that cannot send datagrams).
+    Delay(Duration),
+}
+
+/// Validated settings for `handoff run`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: Vec<ListenSpec>,
+    pub workers: usize,
+    pub ready: ReadyMode,
+    pub ready_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub drain_signal: Signal,
+    pub rolling: bool,
+    pub control: Option<PathBuf>,
+    pub runtime_dir: Option<PathBuf>,
+    pub on_drain_timeout: Option<String>,
+    pub version_file: Option<PathBuf>,
+    pub command: Vec<String>,
+}
+
+/// Every setting, each optional: what one source (file or command line) said.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub listen: Option<Vec<ListenSpec>>,
+    pub workers: Option<usize>,
+    pub ready: Option<ReadyMode>,
+    pub ready_timeout: Option<Duration>,
+    pub drain_timeout: Option<Duration>,
+    pub drain_signal: Option<Signal>,
+    pub rolling: Option<bool>,
+    pub control: Option<PathBuf>,
+    pub runtime_dir: Option<PathBuf>,
+    pub on_drain_timeout: Option<String>,
+    pub version_file: Option<PathBuf>,
+    pub command: Option<Vec<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read config file: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}: key `{key}`: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
+    #[error("{file}:{line}: {message}")]
+    Syntax {
+        file: String,
+        line: usize,
+        message: String,
+    },
+    /// A required setting came from neither source.
+    #[error("{0}")]
+    Missing(String),
+}
+
+impl Options {
+    /// `self` (the file) overlaid by `over` (the command line): a value in `over` wins.
+    pub fn overlay(self, over: Options) -> Options {
+        Options {
+            listen: over.listen.or(self.listen),
+            workers: over.workers.or(self.workers),
+            ready: over.ready.or(self.ready),
+            ready_timeout: over.ready_timeout.or(self.ready_timeout),
+            drain_timeout: over.drain_timeout.or(self.drain_timeout),
+            drain_signal: over.drain_signal.or(self.drain_signal),
+            rolling: over.rolling.or(self.rolling),
+            control: over.control.or(self.control),
+            runtime_dir: over.runtime_dir.or(self.runtime_dir),
+            on_drain_timeout: over.on_drain_timeout.or(self.on_drain_timeout),
+            version_file: over.version_file.or(self.version_file),
+            command: over.command.or(self.command),
+        }
+    }
+
+    /// Applies defaults and checks what no single value can check alone.
+    pub fn settle(self) -> Result<Settings, ConfigError> {
+        let command = self.command.unwrap_or_default();
+        if command.is_empty() {
+            return Err(ConfigError::Missing(
+                "no worker command: give it after `--` (handoff run ... -- node server.js) \
+                 or as `command = [\"node\", \"server.js\"]` in the config file"
+                    .into(),
+            ));
+        }
+        Ok(Settings {
+            listen: self.listen.unwrap_or_default(),
+            workers: self.workers.unwrap_or(1),
+            ready: self.ready.unwrap_or(ReadyMode::Notify),
+            ready_timeout: self.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT),
+            drain_timeout: self.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+            drain_signal: self.drain_signal.unwrap_or(Signal::SIGTERM),
+            rolling: self.rolling.unwrap_or(false),
+            control: self.control,
+            runtime_dir: self.runtime_dir,
+            on_drain_timeout: self.on_drain_timeout.filter(|s| !s.trim().is_empty()),
+            version_file: self.version_file,
+            command,
+        })
+    }
+}
+
+// ---- value parsers shared by the file and the command line -------------------------------
+
+pub fn parse_workers(text: &str) -> Result<usize, String> {
+    let n: i64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid worker count {text:?}: expected a whole number"))?;
+    check_workers(n)
+}
+
+fn check_workers(n: i64) -> Result<usize, String> {
+    if n < 1 || n as usize > MAX_WORKERS {
+        return Err(format!("worker count {n} out of range 1..={MAX_WORKERS}"));
+    }
+    Ok(n as usize)
+}
+
+pub fn parse_ready(text: &str) -> Result<ReadyMode, String> {
+    match text.trim() {
+        "notify" => Ok(ReadyMode::Notify),
+        t => match t.strip_prefix("delay:") {
+            Some(d) => Ok(ReadyMode::Delay(duration::parse(d)?)),
+            None => Err(format!(
+                "invalid readiness mode {text:?}: expected `notify` or `delay:DURATION` (e.g. delay:2s)"
+            )),
+        },
+    }
+}
+
+/// `SIGTERM`, `TERM`, `sigterm` or `15`.
+pub fn parse_signal(text: &str) -> Result<Signal, String> {
+    let t = text.trim();
+    if let Ok(n) = t.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| format!("invalid signal number {n}"));
+    }
+    let upper = t.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>()
+        .map_err(|_| format!("unknown signal {text:?} (e.g. SIGTERM, SIGINT, SIGQUIT, SIGUSR2)"))
+}
+
+/// `[NAME=]ADDR`: `127.0.0.1:8080`, `[::1]:8080`, `localhost:8080`, `/run/app.sock`,
+/// `http=127.0.0.1:8080`.
+pub fn parse_listen(text: &str) -> Result<ListenSpec, String> {
+    let (name, addr) = match text.split_once('=') {
+        Some((n, a)) if !n.contains('/') => (Some(n.to_string()), a),
+        _ => (None, text),
+    };
+    if let Some(n) = &name {
+        check_fd_name(n)?;
+    }
+    let addr = if addr.starts_with('/') || addr.starts_with("./") {
+        ListenAddr::Unix(PathBuf::from(addr))
+    } else if let Some(port) = addr.strip_prefix("localhost:") {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("invalid port in listen address {addr:?}"))?;
+        ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], port)))
+    } else {
+        ListenAddr::Tcp(addr.parse().map_err(|_| {
+            format!(
+                "invalid listen address {addr:?}: expected HOST:PORT (127.0.0.1:8080, [::1]:8080) \
+                 or a unix socket path starting with / or ./"
+            )
+        })?)
+    };
+    Ok(ListenSpec { name, addr })
+}
+
+/// Names travel in `LISTEN_FDNAMES`, colon-separated; systemd allows up to 255 printable chars.
+pub fn check_fd_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 255 || name.contains(':') || !name.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(format!(
+            "invalid socket name {name:?}: 1-255 printable characters, no ':' or spaces"
+        ));
+    }
+    Ok(())
+}
+
+// ---- the TOML file -------------------------------------------------------------------------
+
+/// The file's shape. Values that need checking keep their span so errors can name the line.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    listen: Option<Vec<Spanned<String>>>,
+    workers: Option<Spanned<i64>>,
+    ready: Option<Spanned<String>>,
+    ready_timeout: Option<Spanned<String>>,
+    drain_timeout: Option<Spanned<String>>,
+    drain_signal: Option<Spanned<String>>,
+    rolling: Option<bool>,
+    control: Option<PathBuf>,
+    runtime_dir: Option<PathBuf>,
+    on_drain_timeout: Option<String>,
+    version_file: Option<PathBuf>,
+    command: Option<Spanned<Vec<String>>>,
+}
+
+/// Reads and parses a config file.
+pub fn load_file(path: &Path) -> Result<Options, ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: name.clone(),
+        source,
+    })?;
+    parse_str(&text, &name)
+}
+
+/// Parses config text; `file` names it in errors.
+pub fn parse_str(text: &str, file: &str) -> Result<Options, ConfigError> {
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let start = e.span().map(|s| s.start).unwrap_or(0);
+        let line = line_of(text, start);
+        let message = e.message().trim().to_string();
+        match key_on_line(text, start) {
+            Some(key) => ConfigError::Invalid {
+                file: file.into(),
+                line,
+                key,
+                message,
+            },
+            None => ConfigError::Syntax {
+                file: file.into(),
+                line,
+                message,
+            },
+        }
+    })?;
+    let invalid = |key: &str, span: std::ops::Range<usize>, message: String| ConfigError::Invalid {
+        file: file.into(),
+        line: line_of(text, span.start),
+        key: key.into(),
+        message,
+    };
+    fn check<T>(
+        invalid: &impl Fn(&str, std::ops::Range<usize>, String) -> ConfigError,
+        key: &str,
+        v: &Spanned<String>,
+        f: fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        f(v.get_ref()).map_err(|m| invalid(key, v.span(), m))
+    }
+    let mut o = Options::default();
+    if let Some(list) = &raw.listen {
+        let mut specs = Vec::new();
+        for item in list {
+            specs.push(parse_listen(item.get_ref()).map_err(|m| invalid("listen", item.span(), m))?);
+        }
+        o.listen = Some(specs);
+    }
+    if let Some(w) = &raw.workers {
+        o.workers = Some(check_workers(*w.get_ref()).map_err(|m| invalid("workers", w.span(), m))?);
+    }
+    if let Some(v) = &raw.ready {
+        o.ready = Some(check(&invalid, "ready", v, parse_ready)?);
+    }
+    if let Some(v) = &raw.ready_timeout {
+        o.ready_timeout = Some(check(&invalid, "ready_timeout", v, duration::parse)?);
+    }
+    if let Some(v) = &raw.drain_timeout {
+        o.drain_timeout = Some(check(&invalid, "drain_timeout", v, duration::parse)?);
+    }
+    if let Some(v) = &raw.drain_signal {
+        o.drain_signal = Some(check(&invalid, "drain_signal", v, parse_signal)?);
+    }
+    if let Some(c) = &raw.command {
+        if c.get_ref().is_empty() || c.get_ref()[0].is_empty() {
+            return Err(invalid(
+                "command",
+                c.span(),
+                "empty command: give the program and its arguments, e.g. [\"node\", \"server.js\"]".into(),
+            ));
+        }
+        o.command = Some(c.get_ref().clone());
+    }
+    o.rolling = raw.rolling;
+    o.control = raw.control;
+    o.runtime_dir = raw.runtime_dir;
+    o.on_drain_timeout = raw.on_drain_timeout;
+    o.version_file = raw.version_file;
+    Ok(o)
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    let offset = offset.min(text.len());
+    text.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// The `key` of a `key = value` line holding `offset`, if that line is one.
+fn key_on_line(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let end = text[offset..].find('\n').map(|i| offset + i).unwrap_or(text.len());
+    let (key, _) = text[start..end].split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    (!key.is_empty() && !key.starts_with('[') && !key.starts_with('#')).then(|| key.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        parse_str(text, "app.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let o = parse_str(
+            r#"
+listen = ["http=127.0.0.1:8080", "[::1]:8081", "/run/app.sock"]
+workers = 4
+ready = "delay:2s"
+ready_timeout = "30s"
+drain_timeout = "1m"
+drain_signal = "SIGQUIT"
+rolling = true
+control = "/run/app/control.sock"
+on_drain_timeout = "mail -s drain admin"
+version_file = "/opt/app/package.json"
+command = ["node", "server.js"]
+"#,
+            "app.toml",
+        )
+        .unwrap();
+        let s = o.settle().unwrap();
+        assert_eq!(s.listen.len(), 3);
+        assert_eq!(s.listen[0].name.as_deref(), Some("http"));
+        assert_eq!(s.listen[2].addr, ListenAddr::Unix("/run/app.sock".into()));
+        assert_eq!(s.workers, 4);
+        assert_eq!(s.ready, ReadyMode::Delay(Duration::from_secs(2)));
+        assert_eq!(s.drain_timeout, Duration::from_secs(60));
+        assert_eq!(s.drain_signal, Signal::SIGQUIT);
+        assert!(s.rolling);
+        assert_eq!(s.command, vec!["node", "server.js"]);
+    }
+
+    #[test]
+    fn defaults_and_cli_overlay() {
+        let file = parse_str("workers = 3\ncommand = [\"a\"]\n", "f").unwrap();
+        let cli = Options {
+            workers: Some(5),
+            ..Default::default()
+        };
+        let s = file.overlay(cli).settle().unwrap();
+        assert_eq!(s.workers, 5);
+        assert_eq!(s.command, vec!["a"]);
+        assert_eq!(s.ready, ReadyMode::Notify);
+        assert_eq!(s.ready_timeout, DEFAULT_READY_TIMEOUT);
+        assert_eq!(s.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        assert_eq!(s.drain_signal, Signal::SIGTERM);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        assert_eq!(
+            err("workers = 2\ndrain_timeout = \"5 parsecs\"\n"),
+            "app.toml:2: key `drain_timeout`: invalid duration \"5 parsecs\": unknown unit \" parsecs\" (use ms, s, m or h)"
+        );
+        let e = err("workers = 2\n\nfrobnicate = true\n");
+        assert!(e.starts_with("app.toml:3: key `frobnicate`: unknown field `frobnicate`"), "{e}");
+        let e = err("workers = \"two\"\n");
+        assert!(e.starts_with("app.toml:1: key `workers`: invalid type"), "{e}");
+        assert!(err("workers = 0").starts_with("app.toml:1: key `workers`: worker count 0"));
+        assert!(err("\n\nready = \"soon\"").starts_with("app.toml:3: key `ready`:"));
+        assert!(err("drain_signal = \"SIGNOPE\"").contains("key `drain_signal`: unknown signal"));
+        assert!(err("listen = [\"nowhere\"]").contains("key `listen`: invalid listen address"));
+        assert!(err("command = []").contains("key `command`: empty command"));
+        let e = err("workers = 2\n[oops\n");
+        assert!(e.starts_with("app.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn missing_command_is_reported() {
+        let e = parse_str("workers = 1", "f").unwrap().settle().unwrap_err();
+        assert!(e.to_string().contains("no worker command"));
+    }
+
+    #[test]
+    fn value_parsers() {
+        assert_eq!(parse_signal("term").unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal("15").unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal("SIGUSR2").unwrap(), Signal::SIGUSR2);
+        assert!(parse_signal("99").is_err());
+        assert_eq!(parse_ready("notify").unwrap(), ReadyMode::Notify);
+        assert!(parse_ready("delay:").is_err());
+        let l = parse_listen("localhost:80").unwrap();
+        assert_eq!(l.addr, ListenAddr::Tcp("127.0.0.1:80".parse().unwrap()));
+        assert!(parse_listen("a:b=127.0.0.1:1").is_err());
+        assert_eq!(parse_listen("[::1]:9").unwrap().name, None);
+        assert!(parse_workers("4097").is_err());
+        assert_eq!(parse_workers("8").unwrap(), 8);
+    }
+}

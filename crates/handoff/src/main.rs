@@ -1,0 +1,181 @@
+//! `handoff`: parse the command line, set up logging, call the library, map errors to exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use handoff::cli::{Cli, RunArgs, Sub};
+use handoff::config::{self, ConfigError};
+use handoff::control::{self, ClientError, Request, Response};
+use handoff::exit;
+use handoff::notify::SystemdNotifier;
+use handoff::supervisor::{self, Runtime};
+
+/// What `main` captured from the environment before anything else ran.
+struct Inherited {
+    activated: Vec<(i32, String)>,
+    notify_socket: Option<String>,
+    watchdog: Option<std::time::Duration>,
+}
+
+/// Reads and strips the variables meant for handoff alone (socket activation, notify,
+/// watchdog). Runs first thing in `main`, while the process is single-threaded: changing the
+/// environment once threads exist is undefined behaviour.
+fn take_inherited() -> anyhow::Result<Inherited> {
+    // Validates LISTEN_PID against our pid, sets CLOEXEC on the fds and unsets the variables.
+    let activated: Vec<(i32, String)> =
+        sd_notify::listen_fds_with_names(true).context("reading the socket-activation variables")?.collect();
+    let notify_socket = std::env::var("NOTIFY_SOCKET").ok();
+    let mut watchdog_usec = 0u64;
+    let watchdog = sd_notify::watchdog_enabled(true, &mut watchdog_usec)
+        .then(|| std::time::Duration::from_micros(watchdog_usec))
+        .filter(|d| !d.is_zero());
+    // SAFETY: single-threaded here (no runtime, no logger thread yet); nothing reads the
+    // environment concurrently.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::remove_var("NOTIFY_SOCKET");
+    }
+    Ok(Inherited { activated, notify_socket, watchdog })
+}
+
+fn main() -> ExitCode {
+    let inherited = take_inherited();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code as u8);
+        }
+    };
+    let code = match cli.command {
+        Sub::Run(args) => {
+            handoff::logging::init(cli.verbose);
+            match inherited {
+                Ok(inh) => run(args, inh),
+                Err(e) => {
+                    eprintln!("handoff: {e:#}");
+                    exit::USAGE
+                }
+            }
+        }
+        Sub::Reload(args) => reload(args.control, args.if_changed),
+        Sub::Status(args) => status(args.control, args.json),
+    };
+    ExitCode::from(code as u8)
+}
+
+fn run(args: RunArgs, inh: Inherited) -> i32 {
+    let file = match &args.config {
+        Some(path) => match config::load_file(path) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!("{e}");
+                return exit::CONFIG;
+            }
+        },
+        None => config::Options::default(),
+    };
+    let settings = match file.overlay(args.options()).settle() {
+        Ok(s) => s,
+        Err(e @ ConfigError::Missing(_)) => {
+            tracing::error!("{e}");
+            return if args.config.is_some() { exit::CONFIG } else { exit::USAGE };
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            return exit::CONFIG;
+        }
+    };
+    match prepare_and_run(settings, inh) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            exit::SOFTWARE
+        }
+    }
+}
+
+fn prepare_and_run(settings: config::Settings, inh: Inherited) -> anyhow::Result<i32> {
+    let listeners = if inh.activated.is_empty() {
+        if settings.listen.is_empty() {
+            anyhow::bail!(
+                "no sockets: handoff was not socket-activated and no --listen (or `listen = [...]`) was given"
+            );
+        }
+        handoff::listeners::bind_all(&settings.listen)?
+    } else {
+        if !settings.listen.is_empty() {
+            tracing::info!("socket-activated: using the {} inherited socket(s), ignoring `listen`", inh.activated.len());
+        }
+        handoff::listeners::from_activation(inh.activated)?
+    };
+    let runtime_dir = settings.runtime_dir.clone().unwrap_or_else(control::default_runtime_dir);
+    supervisor::make_private_dir(&runtime_dir)
+        .with_context(|| format!("cannot create runtime dir {}", runtime_dir.display()))?;
+    let control_path = settings.control.clone().unwrap_or_else(|| runtime_dir.join("control.sock"));
+    let notifier = SystemdNotifier::new(inh.notify_socket.as_deref()).context("NOTIFY_SOCKET")?;
+    let rt = Runtime {
+        settings,
+        listeners,
+        base_env: std::env::vars_os().collect(),
+        notifier,
+        watchdog: inh.watchdog,
+        runtime_dir,
+        control_path,
+    };
+    // One thread: the supervisor is a single state machine, and fork is simplest to reason
+    // about with no other threads running Rust code.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(supervisor::run(rt))
+}
+
+fn client_error(e: ClientError) -> i32 {
+    eprintln!("handoff: {e}");
+    match e {
+        ClientError::Connect { .. } => exit::UNAVAILABLE,
+        ClientError::Refused(_) => exit::FAILED,
+        _ => exit::SOFTWARE,
+    }
+}
+
+fn reload(path: Option<PathBuf>, if_changed: bool) -> i32 {
+    let path = path.unwrap_or_else(control::default_control_path);
+    match control::request(&path, &Request::Reload { if_changed }) {
+        Ok(Response::Reload(r)) => {
+            if r.outcome.success() {
+                println!("{}", r.message);
+                0
+            } else {
+                eprintln!("handoff: reload failed ({:?}): {}", r.outcome, r.message);
+                exit::FAILED
+            }
+        }
+        Ok(other) => {
+            eprintln!("handoff: unexpected answer: {other:?}");
+            exit::SOFTWARE
+        }
+        Err(e) => client_error(e),
+    }
+}
+
+fn status(path: Option<PathBuf>, json: bool) -> i32 {
+    let path = path.unwrap_or_else(control::default_control_path);
+    match control::request(&path, &Request::Status) {
+        Ok(Response::Status(r)) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).expect("status serializes"));
+            } else {
+                print!("{}", handoff::render::status(&r));
+            }
+            0
+        }
+        Ok(other) => {
+            eprintln!("handoff: unexpected answer: {other:?}");
+            exit::SOFTWARE
+        }
+        Err(e) => client_error(e),
+    }
+}

@@ -1,0 +1,351 @@
+//! The sd_notify protocol, both ends.
+//!
+//! Server side: every worker gets a datagram socket of its own (`NOTIFY_SOCKET`); anything that
+//! arrives on it counts for that worker, whoever in the worker's process tree sent it (so
+//! `systemd-notify --ready` run by a Node.js worker works). The socket sits in a 0700 directory,
+//! so only handoff's user (and root) can reach it; sender credentials are checked as well.
+//!
+//! Client side: [`SystemdNotifier`] speaks to the service manager for handoff itself. It does not
+//! use `sd_notify::notify` because that reads `NOTIFY_SOCKET` from the environment on every call,
+//! and handoff strips that variable at the top of `main` (children must not inherit it, and the
+//! environment must not change once threads exist). Message formatting still comes from the
+//! `sd-notify` crate's [`NotifyState`].
+
+use std::io::{self, IoSliceMut};
+use std::os::fd::AsRawFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr as StdUnixAddr, UnixDatagram};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, sockopt};
+use sd_notify::NotifyState;
+
+/// systemd's own limit for one notification datagram (`NOTIFY_BUFFER_MAX`).
+pub const MAX_DATAGRAM: usize = 4096;
+/// At most this many fds are accepted (and closed) per datagram; more are cut by the kernel.
+const MAX_FDS: usize = 64;
+
+/// What one datagram said. Unknown keys are ignored, as systemd does.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub ready: bool,
+    pub reloading: bool,
+    pub stopping: bool,
+    pub watchdog: bool,
+    pub status: Option<String>,
+    pub errno: Option<i32>,
+    pub extend_timeout: Option<Duration>,
+    pub main_pid: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("datagram of {0} bytes exceeds the {MAX_DATAGRAM}-byte limit")]
+    Oversized(usize),
+    #[error("datagram is not UTF-8")]
+    NotUtf8,
+    #[error("datagram contains a NUL byte")]
+    Nul,
+    #[error("line {0:?} is not KEY=VALUE")]
+    NoEquals(String),
+    #[error("empty datagram")]
+    Empty,
+}
+
+/// Parses one datagram: newline-separated `KEY=VALUE` assignments.
+///
+/// A datagram that is not well-formed as a whole is dropped (the caller logs at debug); a
+/// well-formed line with a value systemd would not accept (`READY=2`, `ERRNO=x`) is ignored on
+/// its own, again as systemd does.
+pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
+    if data.len() > MAX_DATAGRAM {
+        return Err(ParseError::Oversized(data.len()));
+    }
+    if data.contains(&0) {
+        return Err(ParseError::Nul);
+    }
+    let text = std::str::from_utf8(data).map_err(|_| ParseError::NotUtf8)?;
+    let mut msg = Message::default();
+    let mut any = false;
+    for line in text.split('\n').filter(|l| !l.is_empty()) {
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| ParseError::NoEquals(line.chars().take(64).collect()))?;
+        any = true;
+        match key {
+            "READY" => msg.ready |= value == "1",
+            "RELOADING" => msg.reloading |= value == "1",
+            "STOPPING" => msg.stopping |= value == "1",
+            "WATCHDOG" => msg.watchdog |= value == "1",
+            "STATUS" => msg.status = Some(value.to_string()),
+            "ERRNO" => msg.errno = value.parse().ok().filter(|&e: &i32| e >= 0).or(msg.errno),
+            "EXTEND_TIMEOUT_USEC" => {
+                if let Ok(us) = value.parse::<u64>() {
+                    msg.extend_timeout = Some(Duration::from_micros(us));
+                }
+            }
+            "MAINPID" => msg.main_pid = value.parse().ok().filter(|&p| p > 0).or(msg.main_pid),
+            _ => {}
+        }
+    }
+    if !any {
+        return Err(ParseError::Empty);
+    }
+    Ok(msg)
+}
+
+/// What came out of one receive on a worker's notify socket.
+#[derive(Debug)]
+pub enum Received {
+    Message { msg: Message, sender_pid: Option<i32> },
+    /// Dropped, with the reason (for a debug log).
+    Dropped(String),
+}
+
+/// A worker's notify socket, bound to a path inside the runtime directory.
+pub struct NotifySocket {
+    sock: tokio::net::UnixDatagram,
+    path: PathBuf,
+    /// Users whose datagrams count: root, handoff's own user, the worker's user.
+    allowed_uids: Vec<u32>,
+}
+
+impl NotifySocket {
+    pub fn bind(path: &Path, allowed_uids: Vec<u32>) -> io::Result<Self> {
+        let _ = std::fs::remove_file(path);
+        // std creates it CLOEXEC.
+        let sock = UnixDatagram::bind(path).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot bind notify socket {}: {e} (a shorter --runtime-dir helps if the path is long)", path.display()))
+        })?;
+        // Ask the kernel to attach the sender's pid/uid/gid to every datagram.
+        socket::setsockopt(&sock, sockopt::PassCred, &true)?;
+        // Room for bursts (a Node worker sending STATUS= lines fast) without blocking senders.
+        let _ = socket::setsockopt(&sock, sockopt::RcvBuf, &(256 * 1024));
+        sock.set_nonblocking(true)?;
+        Ok(NotifySocket {
+            sock: tokio::net::UnixDatagram::from_std(sock)?,
+            path: path.to_path_buf(),
+            allowed_uids,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits for the next datagram. Passed fds are always closed; oversized, malformed and
+    /// foreign datagrams come back as [`Received::Dropped`].
+    pub async fn recv(&self) -> io::Result<Received> {
+        loop {
+            self.sock.readable().await?;
+            let fd = self.sock.as_raw_fd();
+            match self.sock.try_io(tokio::io::Interest::READABLE, || recv_one(fd, &self.allowed_uids)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn recv_one(fd: i32, allowed_uids: &[u32]) -> io::Result<Received> {
+    // One byte more than the limit: with MSG_TRUNC the kernel reports the real length anyway.
+    let mut buf = [0u8; MAX_DATAGRAM + 1];
+    let mut cmsg = nix::cmsg_space!(libc::ucred, [std::os::fd::RawFd; MAX_FDS]);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC | MsgFlags::MSG_CMSG_CLOEXEC;
+    let msg = socket::recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), flags)?;
+    let mut creds = None;
+    let mut fds_closed = 0;
+    for c in msg.cmsgs()? {
+        match c {
+            ControlMessageOwned::ScmRights(fds) => {
+                // The protocol's FDSTORE is not ours to keep: close whatever was passed.
+                for f in fds {
+                    let _ = nix::unistd::close(f);
+                    fds_closed += 1;
+                }
+            }
+            ControlMessageOwned::ScmCredentials(c) => creds = Some(c),
+            _ => {}
+        }
+    }
+    let len = msg.bytes;
+    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+    drop(iov);
+    if truncated {
+        return Ok(Received::Dropped(format!(
+            "control data truncated (too many fds passed); closed {fds_closed}"
+        )));
+    }
+    if let Some(c) = &creds {
+        if !allowed_uids.contains(&c.uid()) {
+            return Ok(Received::Dropped(format!(
+                "sender pid {} uid {} is not allowed to notify for this worker",
+                c.pid(),
+                c.uid()
+            )));
+        }
+    }
+    if fds_closed > 0 {
+        tracing::debug!(fds_closed, "closed fds passed with a notify datagram");
+    }
+    let sender_pid = creds.map(|c| c.pid());
+    Ok(match parse(&buf[..len.min(buf.len())]).map_err(|e| {
+        if len > MAX_DATAGRAM {
+            ParseError::Oversized(len)
+        } else {
+            e
+        }
+    }) {
+        Ok(msg) => Received::Message { msg, sender_pid },
+        Err(e) => Received::Dropped(e.to_string()),
+    })
+}
+
+/// Talks to the service manager on behalf of handoff itself (a no-op when not under systemd).
+pub struct SystemdNotifier {
+    target: Option<(UnixDatagram, StdUnixAddr)>,
+}
+
+impl SystemdNotifier {
+    /// `notify_socket` is the value `NOTIFY_SOCKET` had at start (`/path` or `@abstract`).
+    pub fn new(notify_socket: Option<&str>) -> io::Result<Self> {
+        let Some(addr) = notify_socket.filter(|s| !s.is_empty()) else {
+            return Ok(SystemdNotifier { target: None });
+        };
+        let addr = match addr.strip_prefix('@') {
+            Some(name) => StdUnixAddr::from_abstract_name(name.as_bytes())?,
+            None => StdUnixAddr::from_pathname(addr)?,
+        };
+        Ok(SystemdNotifier {
+            target: Some((UnixDatagram::unbound()?, addr)),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.target.is_some()
+    }
+
+    pub fn send(&self, states: &[NotifyState]) {
+        let Some((sock, addr)) = &self.target else {
+            return;
+        };
+        let text: String = states.iter().map(|s| format!("{s}\n")).collect();
+        if let Err(e) = sock.send_to_addr(text.as_bytes(), addr) {
+            tracing::warn!("cannot notify systemd: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::UnixAddr;
+
+    #[test]
+    fn parses_known_keys() {
+        let m = parse(b"READY=1\nSTATUS=serving 4 sockets\nERRNO=2\nEXTEND_TIMEOUT_USEC=5000000\nMAINPID=42\nX_CUSTOM=1\n")
+            .unwrap();
+        assert!(m.ready);
+        assert_eq!(m.status.as_deref(), Some("serving 4 sockets"));
+        assert_eq!(m.errno, Some(2));
+        assert_eq!(m.extend_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(m.main_pid, Some(42));
+        let m = parse(b"STOPPING=1\nWATCHDOG=1").unwrap();
+        assert!(m.stopping && m.watchdog && !m.ready);
+        assert_eq!(parse(b"STATUS=a=b").unwrap().status.as_deref(), Some("a=b"));
+    }
+
+    #[test]
+    fn bad_values_are_ignored_not_fatal() {
+        let m = parse(b"READY=2\nERRNO=x\nEXTEND_TIMEOUT_USEC=-1\nMAINPID=0").unwrap();
+        assert_eq!(m, Message::default());
+    }
+
+    #[test]
+    fn malformed_datagrams_are_rejected() {
+        assert_eq!(parse(b"READY"), Err(ParseError::NoEquals("READY".into())));
+        assert_eq!(parse(b"READY=1\n\xff"), Err(ParseError::NotUtf8));
+        assert_eq!(parse(b"READY=1\0"), Err(ParseError::Nul));
+        assert_eq!(parse(b""), Err(ParseError::Empty));
+        assert_eq!(parse(b"\n\n"), Err(ParseError::Empty));
+        let big = vec![b'a'; MAX_DATAGRAM + 1];
+        assert_eq!(parse(&big), Err(ParseError::Oversized(MAX_DATAGRAM + 1)));
+    }
+
+    #[tokio::test]
+    async fn socket_receives_drops_and_closes_fds() {
+        let dir = std::env::temp_dir().join(format!("handoff-notify-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.sock");
+        let me = nix::unistd::getuid().as_raw();
+        let sock = NotifySocket::bind(&path, vec![0, me]).unwrap();
+        let tx = UnixDatagram::unbound().unwrap();
+
+        tx.send_to(b"READY=1\nSTATUS=up", &path).unwrap();
+        match sock.recv().await.unwrap() {
+            Received::Message { msg, sender_pid } => {
+                assert!(msg.ready);
+                assert_eq!(sender_pid, Some(std::process::id() as i32));
+            }
+            other => panic!("{other:?}"),
+        }
+
+        tx.send_to(&vec![b'x'; MAX_DATAGRAM + 100], &path).unwrap();
+        match sock.recv().await.unwrap() {
+            Received::Dropped(why) => assert!(why.contains("exceeds"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+
+        // An fd passed along with a datagram is closed by the receiver: once our own copy of
+        // the pipe's read end is dropped too, the pipe has no reader left.
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let fds = [r.as_raw_fd()];
+        let cmsg = [socket::ControlMessage::ScmRights(&fds)];
+        let to = UnixAddr::new(&path).unwrap();
+        socket::sendmsg(tx.as_raw_fd(), &[std::io::IoSlice::new(b"READY=1")], &cmsg, MsgFlags::empty(), Some(&to))
+            .unwrap();
+        drop(r);
+        match sock.recv().await.unwrap() {
+            Received::Message { msg, .. } => assert!(msg.ready),
+            other => panic!("{other:?}"),
+        }
+        // Every read end is now closed, so writing fails with EPIPE (Rust's runtime ignores
+        // SIGPIPE, so this is an error return, not a signal).
+        let res = nix::unistd::write(&w, b"x");
+        assert_eq!(res, Err(nix::errno::Errno::EPIPE), "passed fd was not closed");
+
+        drop(sock);
+        assert!(!path.exists(), "socket file removed on drop");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn notifier_sends_to_path_and_abstract() {
+        let dir = std::env::temp_dir().join(format!("handoff-sysd-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sd.sock");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        let n = SystemdNotifier::new(Some(path.to_str().unwrap())).unwrap();
+        n.send(&[NotifyState::Reloading, NotifyState::Status("gen 2")]);
+        let mut buf = [0u8; 256];
+        let len = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..len], b"RELOADING=1\nSTATUS=gen 2\n");
+
+        let name = format!("handoff-test-{}", std::process::id());
+        let rx = UnixDatagram::bind_addr(&StdUnixAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+        let n = SystemdNotifier::new(Some(&format!("@{name}"))).unwrap();
+        n.send(&[NotifyState::Ready]);
+        let len = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..len], b"READY=1\n");
+        assert!(!SystemdNotifier::new(None).unwrap().enabled());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

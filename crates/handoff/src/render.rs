@@ -1,0 +1,82 @@
+//! Human-readable `handoff status`.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::control::StatusReport;
+use crate::duration::human;
+
+fn ago(ms: u64) -> String {
+    human(Duration::from_millis(ms))
+}
+
+pub fn status(r: &StatusReport) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "handoff pid {}, up {}; generation {} serving, {}/{} workers ready{}",
+        r.pid,
+        ago(r.uptime_ms),
+        r.current_generation,
+        r.ready,
+        r.workers_wanted,
+        if r.shutting_down { "; SHUTTING DOWN" } else { "" }
+    );
+    let _ = writeln!(o, "sockets: {}", r.listeners.join(", "));
+    for g in &r.generations {
+        let tag = if g.number == r.current_generation {
+            " (current)"
+        } else if Some(g.number) == r.rolling_over_to {
+            " (starting)"
+        } else {
+            ""
+        };
+        let version = match &g.version {
+            Some(v) => match (&v.version, &v.error) {
+                (_, Some(e)) => format!("; version file: {e}"),
+                (Some(ver), None) => format!("; version {ver} (sha256 {})", &v.hash[..12.min(v.hash.len())]),
+                (None, None) => format!("; {} sha256 {}", v.path.display(), &v.hash[..12.min(v.hash.len())]),
+            },
+            None => String::new(),
+        };
+        let _ = writeln!(o, "generation {}{tag}: started {} ago{version}", g.number, ago(g.age_ms));
+        for w in r.workers.iter().filter(|w| w.generation == g.number) {
+            let _ = writeln!(
+                o,
+                "  worker {:<3} pid {:<8} {:<9} age {}{}",
+                w.slot,
+                w.pid,
+                w.state,
+                ago(w.age_ms),
+                w.status.as_ref().map(|s| format!("  \"{s}\"")).unwrap_or_default()
+            );
+        }
+    }
+    for s in r.slots.iter().filter(|s| s.restart_in_ms.is_some() || s.crashes > 0) {
+        let _ = writeln!(
+            o,
+            "slot {}: {} crash(es) in a row{}",
+            s.slot,
+            s.crashes,
+            s.restart_in_ms.map(|ms| format!(", restart in {}", ago(ms))).unwrap_or_default()
+        );
+    }
+    if let Some(g) = r.rolling_over_to {
+        let _ = writeln!(o, "rollover to generation {g} in progress; {} more queued", r.queued_reloads);
+    }
+    match &r.last_rollover {
+        Some(l) => {
+            let _ = writeln!(
+                o,
+                "last rollover: generation {} {:?} in {}, {} ago: {}",
+                l.generation,
+                l.outcome,
+                ago(l.duration_ms),
+                ago(l.ago_ms),
+                l.message
+            );
+        }
+        None => o.push_str("last rollover: none yet\n"),
+    }
+    o
+}

@@ -1,0 +1,247 @@
+//! Starting a worker: fork, put the listening fds at 3..3+n, exec.
+//!
+//! This is the one module that forks. Everything the child needs (argv, envp, the fd list, the
+//! `LISTEN_PID=` slot) is allocated before `fork`; after it, the child only makes
+//! async-signal-safe calls (the supervisor has threads, and a forked child of a threaded
+//! process may deadlock on any lock, including the allocator's) and then `execve`s. An exec
+//! failure travels back to the parent over a CLOEXEC pipe, as std's `Command` does it.
+#![allow(unsafe_code)]
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::Signal;
+use nix::unistd::{ForkResult, Pid};
+
+/// Everything needed to start one worker process.
+pub struct WorkerSpec<'a> {
+    /// Absolute path of the program (see [`resolve_program`]).
+    pub program: &'a Path,
+    /// argv, including argv[0].
+    pub args: &'a [String],
+    /// The complete environment, except `LISTEN_PID`, which only the child can know.
+    pub env: &'a [(OsString, OsString)],
+    /// The listening sockets, in order: they become fds 3, 4, ...
+    pub listeners: &'a [BorrowedFd<'a>],
+    /// Sent to the worker if handoff dies, so an orphaned worker drains instead of serving on.
+    pub parent_death_signal: Signal,
+}
+
+/// Finds `name` on `PATH` (when it has no slash), so a missing program is reported by handoff
+/// before any fork, and the child can use plain `execve`.
+pub fn resolve_program(name: &str, path_env: Option<&OsStr>) -> io::Result<PathBuf> {
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return if is_executable(&p) {
+            Ok(p)
+        } else {
+            Err(io::Error::new(io::ErrorKind::NotFound, format!("{name}: not an executable file")))
+        };
+    }
+    let path = path_env.unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
+    for dir in std::env::split_paths(path) {
+        let candidate = dir.join(name);
+        if is_executable(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::NotFound, format!("{name}: command not found on PATH")))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "argument or environment entry contains a NUL byte"))
+}
+
+const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+
+/// Forks and execs a worker. Returns its pid once `execve` has succeeded; an exec failure is
+/// returned as the error (and the child is already reaped).
+pub fn spawn_worker(spec: &WorkerSpec) -> io::Result<Pid> {
+    // ---- everything allocated before fork ----
+    let program = cstring(spec.program.as_os_str().as_bytes())?;
+    let args: Vec<CString> = spec.args.iter().map(|a| cstring(a.as_bytes())).collect::<io::Result<_>>()?;
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+
+    let mut env: Vec<CString> = Vec::with_capacity(spec.env.len());
+    for (k, v) in spec.env {
+        let mut entry = k.as_bytes().to_vec();
+        entry.push(b'=');
+        entry.extend_from_slice(v.as_bytes());
+        env.push(cstring(&entry)?);
+    }
+    // "LISTEN_PID=" followed by room for any pid and the NUL; the child fills in its own pid.
+    let mut listen_pid = LISTEN_PID_PREFIX.to_vec();
+    listen_pid.resize(LISTEN_PID_PREFIX.len() + 24, 0);
+    let listen_pid_digits = unsafe {
+        // SAFETY: in bounds: the buffer is 24 bytes longer than the prefix.
+        listen_pid.as_mut_ptr().add(LISTEN_PID_PREFIX.len())
+    };
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(listen_pid.as_ptr() as *const libc::c_char);
+    envp.push(std::ptr::null());
+
+    let n = spec.listeners.len() as RawFd;
+    let sources: Vec<RawFd> = spec.listeners.iter().map(|f| f.as_raw_fd()).collect();
+    let mut moved: Vec<RawFd> = vec![-1; sources.len()];
+    let first_free = 3 + n;
+    let max_fd = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft.min(65536) as RawFd)
+        .unwrap_or(1024);
+    let parent = nix::unistd::getpid();
+    let death_signal = spec.parent_death_signal as libc::c_int;
+
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let err_w_raw = err_w.as_raw_fd();
+
+    // SAFETY: the child branch below calls only async-signal-safe functions (setpgid, prctl,
+    // getppid, sigprocmask, signal, fcntl, dup2, syscall(close_range), getpid, execve, write,
+    // _exit) and writes only into memory allocated before the fork. It never returns.
+    match unsafe { nix::unistd::fork() }? {
+        ForkResult::Child => unsafe {
+            // SAFETY: see the fork comment; raw libc calls on values prepared above.
+            libc::setpgid(0, 0);
+            libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong, 0, 0, 0);
+            if libc::getppid() != parent.as_raw() {
+                libc::_exit(1); // handoff died between fork and prctl
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            // exec resets handlers but keeps SIG_IGN (Rust ignores SIGPIPE): reset them all.
+            for sig in 1..libc::SIGRTMAX() {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            // Move the error pipe and every listener above the target range first, so a
+            // dup2 onto 3+i can never clobber a source still to be moved.
+            let err_fd = libc::fcntl(err_w_raw, libc::F_DUPFD_CLOEXEC, first_free);
+            for (i, &src) in sources.iter().enumerate() {
+                let fd = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, first_free);
+                if fd < 0 {
+                    child_fail(err_fd);
+                }
+                *moved.as_mut_ptr().add(i) = fd;
+            }
+            for i in 0..sources.len() {
+                // dup2 leaves the new fd without CLOEXEC: exactly these survive exec.
+                if libc::dup2(*moved.as_ptr().add(i), 3 + i as RawFd) < 0 {
+                    child_fail(err_fd);
+                }
+            }
+            // Everything from 3+n up closes at exec: no inherited strays, whatever handoff's
+            // own parent left open. close_range needs Linux 5.11; fall back to a loop.
+            if libc::syscall(libc::SYS_close_range, first_free as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
+                for fd in first_free..max_fd {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+            write_decimal(listen_pid_digits, libc::getpid() as u64);
+            libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            child_fail(err_fd)
+        },
+        ForkResult::Parent { child } => {
+            drop(err_w);
+            let mut buf = [0u8; 4];
+            let mut got = 0;
+            loop {
+                match nix::unistd::read(&err_r, &mut buf[got..]) {
+                    Ok(0) => break,
+                    Ok(k) => {
+                        got += k;
+                        if got == 4 {
+                            break;
+                        }
+                    }
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if got == 0 {
+                return Ok(child); // exec succeeded: the CLOEXEC write end closed
+            }
+            let _ = nix::sys::wait::waitpid(child, None);
+            let errno = i32::from_ne_bytes(buf);
+            let err = io::Error::from_raw_os_error(errno);
+            Err(io::Error::new(err.kind(), format!("cannot execute {}: {err}", spec.program.display())))
+        }
+    }
+}
+
+/// Reports errno over the pipe and exits; async-signal-safe.
+unsafe fn child_fail(err_fd: RawFd) -> ! {
+    // SAFETY: errno location, write and _exit are async-signal-safe; buf lives on our stack.
+    unsafe {
+        let e = *libc::__errno_location();
+        let buf = e.to_ne_bytes();
+        libc::write(err_fd, buf.as_ptr() as *const libc::c_void, 4);
+        libc::_exit(127)
+    }
+}
+
+/// Writes `v` in decimal followed by NUL at `dst` (which has room for 21 bytes). No allocation.
+unsafe fn write_decimal(dst: *mut u8, mut v: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    // SAFETY: at most 20 digits plus NUL fit the 24 bytes reserved after the prefix.
+    unsafe {
+        for (k, &b) in tmp[i..].iter().enumerate() {
+            *dst.add(k) = b;
+        }
+        *dst.add(tmp.len() - i) = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_writer() {
+        let mut buf = [0xffu8; 24];
+        unsafe { write_decimal(buf.as_mut_ptr(), 0) };
+        assert_eq!(&buf[..2], b"0\0");
+        unsafe { write_decimal(buf.as_mut_ptr(), 4194304) };
+        assert_eq!(&buf[..8], b"4194304\0");
+        unsafe { write_decimal(buf.as_mut_ptr(), u64::MAX) };
+        assert_eq!(&buf[..21], b"18446744073709551615\0");
+    }
+
+    #[test]
+    fn resolves_programs() {
+        assert!(resolve_program("sh", Some(OsStr::new("/usr/bin:/bin"))).unwrap().ends_with("sh"));
+        assert!(resolve_program("no-such-program-xyz", None).is_err());
+        assert!(resolve_program("/etc/passwd", None).is_err());
+    }
+
+    #[test]
+    fn exec_failure_is_reported() {
+        // A directory passes no exec: the child's execve fails and the error comes back.
+        let spec = WorkerSpec {
+            program: Path::new("/proc/self/fd"),
+            args: &["x".to_string()],
+            env: &[],
+            listeners: &[],
+            parent_death_signal: Signal::SIGTERM,
+        };
+        let err = spawn_worker(&spec).unwrap_err();
+        assert!(err.to_string().contains("cannot execute"), "{err}");
+    }
+}
