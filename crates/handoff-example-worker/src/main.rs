@@ -64,8 +64,15 @@ fn main() {
     if let Some(path) = &version_file {
         match std::fs::read(path).map(|b| serde_json::from_slice::<serde_json::Value>(&b)) {
             Ok(Ok(v)) => {
-                version = v.get("version").and_then(|v| v.as_str()).unwrap_or("-").to_string();
-                crash |= v.get("crash_at_start").and_then(|v| v.as_bool()).unwrap_or(false);
+                version = v
+                    .get("version")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("-")
+                    .to_string();
+                crash |= v
+                    .get("crash_at_start")
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false);
             }
             Ok(Err(e)) => {
                 eprintln!("example-worker: {path}: invalid JSON: {e}");
@@ -78,7 +85,12 @@ fn main() {
         }
     }
     if crash {
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status("crashing at start, as asked")]);
+        let _ = sd_notify::notify(
+            false,
+            &[sd_notify::NotifyState::Status(
+                "crashing at start, as asked",
+            )],
+        );
         eprintln!("example-worker: crashing at start, as asked");
         std::process::exit(1);
     }
@@ -100,12 +112,17 @@ fn main() {
         } else if let Ok(Some(l)) = fds.take_unix_listener(i) {
             listeners.push(Listener::Unix(l));
         } else {
-            eprintln!("example-worker: fd {} is neither a TCP nor a unix stream listener", i + 3);
+            eprintln!(
+                "example-worker: fd {} is neither a TCP nor a unix stream listener",
+                i + 3
+            );
             std::process::exit(1);
         }
     }
     if listeners.is_empty() {
-        eprintln!("example-worker: no listening sockets (run me under handoff or systemd socket activation)");
+        eprintln!(
+            "example-worker: no listening sockets (run me under handoff or systemd socket activation)"
+        );
         std::process::exit(1);
     }
 
@@ -115,7 +132,10 @@ fn main() {
         draining: AtomicBool::new(false),
         in_flight: AtomicUsize::new(0),
         open_conns: AtomicUsize::new(0),
-        identity: format!("pid={} gen={generation} worker={worker} version={version}", std::process::id()),
+        identity: format!(
+            "pid={} gen={generation} worker={worker} version={version}",
+            std::process::id()
+        ),
     });
 
     // A pipe whose write end closes when the drain starts: it wakes every accept loop.
@@ -129,7 +149,13 @@ fn main() {
 
     if !env_flag("EXAMPLE_NEVER_READY") {
         let status = format!("serving: {}", shared.identity);
-        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]) {
+        if let Err(e) = sd_notify::notify(
+            false,
+            &[
+                sd_notify::NotifyState::Ready,
+                sd_notify::NotifyState::Status(&status),
+            ],
+        ) {
             eprintln!("example-worker: cannot notify readiness: {e}");
         }
     }
@@ -165,7 +191,10 @@ fn accept_loop(l: Listener, shared: &Arc<Shared>, wake: &OwnedFd) {
             Listener::Tcp(t) => t.as_fd(),
             Listener::Unix(u) => u.as_fd(),
         };
-        let mut pfds = [PollFd::new(listen_fd, PollFlags::POLLIN), PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
+        let mut pfds = [
+            PollFd::new(listen_fd, PollFlags::POLLIN),
+            PollFd::new(wake.as_fd(), PollFlags::POLLIN),
+        ];
         match poll(&mut pfds, PollTimeout::NONE) {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => {
@@ -177,7 +206,10 @@ fn accept_loop(l: Listener, shared: &Arc<Shared>, wake: &OwnedFd) {
         if shared.draining.load(Ordering::SeqCst) {
             return; // dropping `l` closes only our copy of the listening socket
         }
-        if !pfds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+        if !pfds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN))
+        {
             continue;
         }
         // Another worker may have taken the connection first: accept would block, so the
@@ -219,13 +251,22 @@ fn serve(conn: Box<dyn Conn>, shared: &Shared) -> io::Result<()> {
     loop {
         // While draining, an idle keep-alive connection is closed after a grace period; a
         // request that does arrive is answered (with Connection: close).
-        let idle_limit = if shared.draining.load(Ordering::SeqCst) { Some(DRAIN_IDLE_CLOSE) } else { Some(Duration::from_millis(200)) };
+        let idle_limit = if shared.draining.load(Ordering::SeqCst) {
+            Some(DRAIN_IDLE_CLOSE)
+        } else {
+            Some(Duration::from_millis(200))
+        };
         reader.get_ref().set_timeout(idle_limit)?;
         let mut request_line = String::new();
         match reader.read_line(&mut request_line) {
             Ok(0) => return Ok(()),
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 if shared.draining.load(Ordering::SeqCst) {
                     return Ok(());
                 }
@@ -233,7 +274,9 @@ fn serve(conn: Box<dyn Conn>, shared: &Shared) -> io::Result<()> {
             }
             Err(e) => return Err(e),
         }
-        reader.get_ref().set_timeout(Some(Duration::from_secs(10)))?;
+        reader
+            .get_ref()
+            .set_timeout(Some(Duration::from_secs(10)))?;
         shared.in_flight.fetch_add(1, Ordering::SeqCst);
         let result = answer(&mut reader, &request_line, shared);
         shared.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -244,7 +287,11 @@ fn serve(conn: Box<dyn Conn>, shared: &Shared) -> io::Result<()> {
 }
 
 /// Reads the rest of one request and answers it. Returns whether to keep the connection.
-fn answer(reader: &mut BufReader<Box<dyn Conn>>, request_line: &str, shared: &Shared) -> io::Result<bool> {
+fn answer(
+    reader: &mut BufReader<Box<dyn Conn>>,
+    request_line: &str,
+    shared: &Shared,
+) -> io::Result<bool> {
     let mut client_close = false;
     loop {
         let mut h = String::new();

@@ -11,7 +11,11 @@ use crate::config::{self, ListenSpec, Options, ReadyMode};
 use crate::duration;
 
 #[derive(Debug, Parser)]
-#[command(name = "handoff", version, about = "Zero-downtime rollovers of worker processes on sockets that never close")]
+#[command(
+    name = "handoff",
+    version,
+    about = "Zero-downtime rollovers of worker processes on sockets that never close"
+)]
 pub struct Cli {
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -21,6 +25,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process; boxing buys nothing
 pub enum Sub {
     /// Run the supervisor: hold the sockets, start workers, roll them over on reload.
     Run(RunArgs),
@@ -127,8 +132,24 @@ mod tests {
     #[test]
     fn run_parses_the_documented_form() {
         let cli = Cli::try_parse_from([
-            "handoff", "run", "--listen", "http=127.0.0.1:8080", "--workers", "4", "--ready", "delay:500ms",
-            "--drain-timeout", "5s", "--drain-signal", "SIGQUIT", "--rolling", "--", "node", "server.js", "--port", "3",
+            "handoff",
+            "run",
+            "--listen",
+            "http=127.0.0.1:8080",
+            "--workers",
+            "4",
+            "--ready",
+            "delay:500ms",
+            "--drain-timeout",
+            "5s",
+            "--drain-signal",
+            "SIGQUIT",
+            "--rolling",
+            "--",
+            "node",
+            "server.js",
+            "--port",
+            "3",
         ])
         .unwrap();
         let Sub::Run(r) = cli.command else { panic!() };
@@ -138,6 +159,8 @@ mod tests {
         assert_eq!(o.drain_signal, Some(Signal::SIGQUIT));
         assert_eq!(o.rolling, Some(true));
         assert!(Cli::try_parse_from(["handoff", "run", "--workers", "0", "--", "x"]).is_err());
-        assert!(Cli::try_parse_from(["handoff", "run", "--drain-timeout", "10", "--", "x"]).is_err());
+        assert!(
+            Cli::try_parse_from(["handoff", "run", "--drain-timeout", "10", "--", "x"]).is_err()
+        );
     }
 }

@@ -221,7 +221,11 @@ pub fn parse_listen(text: &str) -> Result<ListenSpec, String> {
 
 /// Names travel in `LISTEN_FDNAMES`, colon-separated; systemd allows up to 255 printable chars.
 pub fn check_fd_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 255 || name.contains(':') || !name.chars().all(|c| c.is_ascii_graphic()) {
+    if name.is_empty()
+        || name.len() > 255
+        || name.contains(':')
+        || !name.chars().all(|c| c.is_ascii_graphic())
+    {
         return Err(format!(
             "invalid socket name {name:?}: 1-255 printable characters, no ':' or spaces"
         ));
@@ -297,7 +301,8 @@ pub fn parse_str(text: &str, file: &str) -> Result<Options, ConfigError> {
     if let Some(list) = &raw.listen {
         let mut specs = Vec::new();
         for item in list {
-            specs.push(parse_listen(item.get_ref()).map_err(|m| invalid("listen", item.span(), m))?);
+            specs
+                .push(parse_listen(item.get_ref()).map_err(|m| invalid("listen", item.span(), m))?);
         }
         o.listen = Some(specs);
     }
@@ -321,7 +326,8 @@ pub fn parse_str(text: &str, file: &str) -> Result<Options, ConfigError> {
             return Err(invalid(
                 "command",
                 c.span(),
-                "empty command: give the program and its arguments, e.g. [\"node\", \"server.js\"]".into(),
+                "empty command: give the program and its arguments, e.g. [\"node\", \"server.js\"]"
+                    .into(),
             ));
         }
         o.command = Some(c.get_ref().clone());
@@ -336,14 +342,21 @@ pub fn parse_str(text: &str, file: &str) -> Result<Options, ConfigError> {
 
 fn line_of(text: &str, offset: usize) -> usize {
     let offset = offset.min(text.len());
-    text.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..offset]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// The `key` of a `key = value` line holding `offset`, if that line is one.
 fn key_on_line(text: &str, offset: usize) -> Option<String> {
     let offset = offset.min(text.len());
     let start = text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let end = text[offset..].find('\n').map(|i| offset + i).unwrap_or(text.len());
+    let end = text[offset..]
+        .find('\n')
+        .map(|i| offset + i)
+        .unwrap_or(text.len());
     let (key, _) = text[start..end].split_once('=')?;
     let key = key.trim().trim_matches('"');
     (!key.is_empty() && !key.starts_with('[') && !key.starts_with('#')).then(|| key.to_string())
@@ -411,9 +424,15 @@ command = ["node", "server.js"]
             "app.toml:2: key `drain_timeout`: invalid duration \"5 parsecs\": unknown unit \" parsecs\" (use ms, s, m or h)"
         );
         let e = err("workers = 2\n\nfrobnicate = true\n");
-        assert!(e.starts_with("app.toml:3: key `frobnicate`: unknown field `frobnicate`"), "{e}");
+        assert!(
+            e.starts_with("app.toml:3: key `frobnicate`: unknown field `frobnicate`"),
+            "{e}"
+        );
         let e = err("workers = \"two\"\n");
-        assert!(e.starts_with("app.toml:1: key `workers`: invalid type"), "{e}");
+        assert!(
+            e.starts_with("app.toml:1: key `workers`: invalid type"),
+            "{e}"
+        );
         assert!(err("workers = 0").starts_with("app.toml:1: key `workers`: worker count 0"));
         assert!(err("\n\nready = \"soon\"").starts_with("app.toml:3: key `ready`:"));
         assert!(err("drain_signal = \"SIGNOPE\"").contains("key `drain_signal`: unknown signal"));

@@ -138,8 +138,13 @@ pub enum Response {
 /// A request as the supervisor sees it, with the way back to its client.
 #[derive(Debug)]
 pub enum Command {
-    Reload { if_changed: bool, reply: oneshot::Sender<ReloadReply> },
-    Status { reply: oneshot::Sender<StatusReport> },
+    Reload {
+        if_changed: bool,
+        reply: oneshot::Sender<ReloadReply>,
+    },
+    Status {
+        reply: oneshot::Sender<StatusReport>,
+    },
 }
 
 /// The path clients use when none is given: `HANDOFF_CONTROL`, else `control.sock` in the
@@ -156,7 +161,12 @@ pub fn default_control_path() -> PathBuf {
 pub fn default_runtime_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("RUNTIME_DIRECTORY").filter(|d| !d.is_empty()) {
         // systemd may list several, colon-separated; the first is ours.
-        let first = d.to_string_lossy().split(':').next().unwrap_or_default().to_string();
+        let first = d
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         return PathBuf::from(first);
     }
     if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
@@ -172,7 +182,9 @@ pub fn default_runtime_dir() -> PathBuf {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach handoff at {path}: {source} (is it running? give --control or set HANDOFF_CONTROL)")]
+    #[error(
+        "cannot reach handoff at {path}: {source} (is it running? give --control or set HANDOFF_CONTROL)"
+    )]
     Connect { path: String, source: io::Error },
     #[error("lost the connection to handoff at {path}: {source}")]
     Io { path: String, source: io::Error },
@@ -185,24 +197,41 @@ pub enum ClientError {
 /// Sends one request and waits for its answer (a reload waits for the rollover to end).
 pub fn request(path: &Path, req: &Request) -> Result<Response, ClientError> {
     let p = path.display().to_string();
-    let mut stream = UnixStream::connect(path).map_err(|source| ClientError::Connect { path: p.clone(), source })?;
+    let mut stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+        path: p.clone(),
+        source,
+    })?;
     let mut line = serde_json::to_string(req).expect("requests serialize");
     line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(|source| ClientError::Io { path: p.clone(), source })?;
+    stream
+        .write_all(line.as_bytes())
+        .map_err(|source| ClientError::Io {
+            path: p.clone(),
+            source,
+        })?;
     let mut answer = String::new();
     BufReader::new(&stream)
         .read_line(&mut answer)
-        .map_err(|source| ClientError::Io { path: p.clone(), source })?;
+        .map_err(|source| ClientError::Io {
+            path: p.clone(),
+            source,
+        })?;
     if answer.is_empty() {
         return Err(ClientError::Io {
             path: p,
-            source: io::Error::new(io::ErrorKind::UnexpectedEof, "handoff closed the connection without answering"),
+            source: io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "handoff closed the connection without answering",
+            ),
         });
     }
     match serde_json::from_str(&answer) {
         Ok(Response::Error(e)) => Err(ClientError::Refused(e)),
         Ok(r) => Ok(r),
-        Err(e) => Err(ClientError::Protocol { path: p, detail: e.to_string() }),
+        Err(e) => Err(ClientError::Protocol {
+            path: p,
+            detail: e.to_string(),
+        }),
     }
 }
 
@@ -212,18 +241,28 @@ pub fn bind(path: &Path) -> io::Result<tokio::net::UnixListener> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;
         if !meta.file_type().is_socket() {
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists and is not a socket", path.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
         }
         if UnixStream::connect(path).is_ok() {
             return Err(io::Error::new(
                 io::ErrorKind::AddrInUse,
-                format!("another handoff is running with control socket {}; give this one its own --control / --runtime-dir", path.display()),
+                format!(
+                    "another handoff is running with control socket {}; give this one its own --control / --runtime-dir",
+                    path.display()
+                ),
             ));
         }
         std::fs::remove_file(path)?;
     }
-    let std_listener = std::os::unix::net::UnixListener::bind(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind control socket {}: {e}", path.display())))?;
+    let std_listener = std::os::unix::net::UnixListener::bind(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot bind control socket {}: {e}", path.display()),
+        )
+    })?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     std_listener.set_nonblocking(true)?;
@@ -257,7 +296,10 @@ async fn handle(stream: tokio::net::UnixStream, tx: mpsc::Sender<Command>) -> io
     let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST));
     let got = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
     let response = match got {
-        Err(_) => Response::Error(format!("no complete request within {} s", REQUEST_TIMEOUT.as_secs())),
+        Err(_) => Response::Error(format!(
+            "no complete request within {} s",
+            REQUEST_TIMEOUT.as_secs()
+        )),
         Ok(Err(e)) => Response::Error(format!("unreadable request: {e}")),
         Ok(Ok(_)) if !line.ends_with('\n') => Response::Error(format!(
             "incomplete request: expected one JSON line of at most {MAX_REQUEST} bytes ending in a newline"
@@ -300,10 +342,20 @@ mod tests {
             serde_json::to_string(&Request::Reload { if_changed: true }).unwrap(),
             r#"{"cmd":"reload","if_changed":true}"#
         );
-        assert_eq!(serde_json::from_str::<Request>(r#"{"cmd":"reload"}"#).unwrap(), Request::Reload { if_changed: false });
-        assert_eq!(serde_json::from_str::<Request>(r#"{"cmd":"status"}"#).unwrap(), Request::Status);
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"reload"}"#).unwrap(),
+            Request::Reload { if_changed: false }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"status"}"#).unwrap(),
+            Request::Status
+        );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"reload","force":1}"#).is_err());
-        assert!(Outcome::Unchanged.success() && !Outcome::RolledBack.success() && !Outcome::Partial.success());
+        assert!(
+            Outcome::Unchanged.success()
+                && !Outcome::RolledBack.success()
+                && !Outcome::Partial.success()
+        );
     }
 }

@@ -14,15 +14,21 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("invalid duration {text:?}: expected a number, e.g. 500ms, 5s, 2m"));
+            return Err(format!(
+                "invalid duration {text:?}: expected a number, e.g. 500ms, 5s, 2m"
+            ));
         }
         let value: u64 = rest[..digits]
             .parse()
             .map_err(|_| format!("invalid duration {text:?}: number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let part = match &rest[..unit_len] {
             "ms" => Duration::from_millis(value),
             "s" => Duration::from_secs(value),
@@ -79,7 +85,11 @@ mod tests {
         assert!(parse("s").unwrap_err().contains("expected a number"));
         assert!(parse("").is_err());
         assert!(parse("-5s").is_err());
-        assert!(parse("99999999999999999999999s").unwrap_err().contains("too large"));
+        assert!(
+            parse("99999999999999999999999s")
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 
     #[test]

@@ -53,11 +53,19 @@ pub fn from_activation(fds: Vec<(RawFd, String)>) -> io::Result<Vec<Listener>> {
             // SAFETY (both blocks): the activation protocol hands us fds 3..3+n; each is open
             // (fstat succeeded) and nothing else in this process owns it.
             if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("activated fd {raw} is not a socket")));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("activated fd {raw} is not a socket"),
+                ));
             }
             let fd = unsafe { OwnedFd::from_raw_fd(raw) };
             let describe = local_addr(&fd).unwrap_or_else(|| format!("fd {raw}"));
-            Ok(Listener { name, describe, fd, created_path: None })
+            Ok(Listener {
+                name,
+                describe,
+                fd,
+                created_path: None,
+            })
         })
         .collect()
 }
@@ -68,29 +76,46 @@ pub fn bind_all(specs: &[ListenSpec]) -> io::Result<Vec<Listener>> {
 }
 
 fn bind(spec: &ListenSpec, index: usize) -> io::Result<Listener> {
-    let name = spec.name.clone().unwrap_or_else(|| format!("listen{index}"));
+    let name = spec
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("listen{index}"));
     // The accept queue is what holds connections while no worker accepts: make it as deep as
     // the kernel allows (capped by net.core.somaxconn), as systemd's Backlog= default does.
     let backlog = Backlog::MAXCONN;
-    let context = |e: nix::Error, what: &str| io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"));
+    let context = |e: nix::Error, what: &str| {
+        io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"))
+    };
     match &spec.addr {
         ListenAddr::Tcp(addr) => {
-            let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+            let family = if addr.is_ipv4() {
+                AddressFamily::Inet
+            } else {
+                AddressFamily::Inet6
+            };
             let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
                 .map_err(|e| context(e, "socket"))?;
-            socket::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| context(e, "SO_REUSEADDR"))?;
+            socket::setsockopt(&fd, sockopt::ReuseAddr, &true)
+                .map_err(|e| context(e, "SO_REUSEADDR"))?;
             let res = match addr {
                 std::net::SocketAddr::V4(a) => socket::bind(fd.as_raw_fd(), &SockaddrIn::from(*a)),
                 std::net::SocketAddr::V6(a) => {
                     // [::]:port means IPv6 only, as it reads; list 0.0.0.0:port too for v4.
-                    socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true).map_err(|e| context(e, "IPV6_V6ONLY"))?;
+                    socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)
+                        .map_err(|e| context(e, "IPV6_V6ONLY"))?;
                     socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(*a))
                 }
             };
             res.map_err(|e| context(e, &format!("cannot bind {addr}")))?;
-            socket::listen(&fd, backlog).map_err(|e| context(e, &format!("cannot listen on {addr}")))?;
+            socket::listen(&fd, backlog)
+                .map_err(|e| context(e, &format!("cannot listen on {addr}")))?;
             let describe = local_addr(&fd).unwrap_or_else(|| addr.to_string());
-            Ok(Listener { name, describe, fd, created_path: None })
+            Ok(Listener {
+                name,
+                describe,
+                fd,
+                created_path: None,
+            })
         }
         ListenAddr::Unix(path) => {
             // A socket file left by a crashed run would make bind fail: replace it, but never
@@ -98,16 +123,32 @@ fn bind(spec: &ListenSpec, index: usize) -> io::Result<Listener> {
             if let Ok(meta) = std::fs::symlink_metadata(path) {
                 use std::os::unix::fs::FileTypeExt;
                 if !meta.file_type().is_socket() {
-                    return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists and is not a socket", path.display())));
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!("{} exists and is not a socket", path.display()),
+                    ));
                 }
                 std::fs::remove_file(path)?;
             }
-            let fd = socket::socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
-                .map_err(|e| context(e, "socket"))?;
-            let addr = UnixAddr::new(path).map_err(|e| context(e, &format!("unusable socket path {}", path.display())))?;
-            socket::bind(fd.as_raw_fd(), &addr).map_err(|e| context(e, &format!("cannot bind {}", path.display())))?;
-            socket::listen(&fd, backlog).map_err(|e| context(e, &format!("cannot listen on {}", path.display())))?;
-            Ok(Listener { name, describe: path.display().to_string(), fd, created_path: Some(path.clone()) })
+            let fd = socket::socket(
+                AddressFamily::Unix,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .map_err(|e| context(e, "socket"))?;
+            let addr = UnixAddr::new(path)
+                .map_err(|e| context(e, &format!("unusable socket path {}", path.display())))?;
+            socket::bind(fd.as_raw_fd(), &addr)
+                .map_err(|e| context(e, &format!("cannot bind {}", path.display())))?;
+            socket::listen(&fd, backlog)
+                .map_err(|e| context(e, &format!("cannot listen on {}", path.display())))?;
+            Ok(Listener {
+                name,
+                describe: path.display().to_string(),
+                fd,
+                created_path: Some(path.clone()),
+            })
         }
     }
 }
@@ -120,12 +161,17 @@ fn local_addr(fd: &OwnedFd) -> Option<String> {
     if let Some(a) = addr.as_sockaddr_in6() {
         return Some(std::net::SocketAddrV6::from(*a).to_string());
     }
-    addr.as_unix_addr().and_then(|u| u.path().map(|p| p.display().to_string()))
+    addr.as_unix_addr()
+        .and_then(|u| u.path().map(|p| p.display().to_string()))
 }
 
 /// `LISTEN_FDNAMES` for the workers.
 pub fn fd_names(listeners: &[Listener]) -> String {
-    listeners.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(":")
+    listeners
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 #[cfg(test)]
@@ -139,9 +185,17 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let sock = dir.join("a.sock");
         std::fs::write(&sock, b"").unwrap();
-        let specs = vec![parse_listen("web=127.0.0.1:0").unwrap(), parse_listen(sock.to_str().unwrap()).unwrap()];
+        let specs = vec![
+            parse_listen("web=127.0.0.1:0").unwrap(),
+            parse_listen(sock.to_str().unwrap()).unwrap(),
+        ];
         // A regular file in the way is not deleted.
-        assert!(bind_all(&specs).unwrap_err().to_string().contains("not a socket"));
+        assert!(
+            bind_all(&specs)
+                .unwrap_err()
+                .to_string()
+                .contains("not a socket")
+        );
         std::fs::remove_file(&sock).unwrap();
         let ls = bind_all(&specs).unwrap();
         assert_eq!(fd_names(&ls), "web:listen1");

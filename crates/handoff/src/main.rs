@@ -23,9 +23,17 @@ struct Inherited {
 /// watchdog). Runs first thing in `main`, while the process is single-threaded: changing the
 /// environment once threads exist is undefined behaviour.
 fn take_inherited() -> anyhow::Result<Inherited> {
-    // Validates LISTEN_PID against our pid, sets CLOEXEC on the fds and unsets the variables.
-    let activated: Vec<(i32, String)> =
-        sd_notify::listen_fds_with_names(true).context("reading the socket-activation variables")?.collect();
+    // Variables meant for another process (LISTEN_PID not ours, e.g. inherited from an
+    // activated parent) are dropped, not an error: only ours are validated.
+    let ours = std::env::var("LISTEN_PID").is_ok_and(|p| p == std::process::id().to_string());
+    let activated: Vec<(i32, String)> = if ours {
+        // Sets CLOEXEC on the fds and unsets the variables.
+        sd_notify::listen_fds_with_names(true)
+            .context("reading the socket-activation variables")?
+            .collect()
+    } else {
+        Vec::new()
+    };
     let notify_socket = std::env::var("NOTIFY_SOCKET").ok();
     let mut watchdog_usec = 0u64;
     let watchdog = sd_notify::watchdog_enabled(true, &mut watchdog_usec)
@@ -35,9 +43,33 @@ fn take_inherited() -> anyhow::Result<Inherited> {
     // environment concurrently.
     #[allow(unsafe_code)]
     unsafe {
-        std::env::remove_var("NOTIFY_SOCKET");
+        for var in [
+            "NOTIFY_SOCKET",
+            "LISTEN_PID",
+            "LISTEN_FDS",
+            "LISTEN_FDNAMES",
+        ] {
+            std::env::remove_var(var);
+        }
     }
-    Ok(Inherited { activated, notify_socket, watchdog })
+    // Strays inherited from our own parent must not reach workers or hooks: mark every fd
+    // past stdio and the activated sockets close-on-exec.
+    let first_stray = 3 + activated.len() as libc::c_long;
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on fds; no memory involved.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first_stray,
+            libc::c_uint::MAX as libc::c_long,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_long,
+        );
+    }
+    Ok(Inherited {
+        activated,
+        notify_socket,
+        watchdog,
+    })
 }
 
 fn main() -> ExitCode {
@@ -82,7 +114,11 @@ fn run(args: RunArgs, inh: Inherited) -> i32 {
         Ok(s) => s,
         Err(e @ ConfigError::Missing(_)) => {
             tracing::error!("{e}");
-            return if args.config.is_some() { exit::CONFIG } else { exit::USAGE };
+            return if args.config.is_some() {
+                exit::CONFIG
+            } else {
+                exit::USAGE
+            };
         }
         Err(e) => {
             tracing::error!("{e}");
@@ -108,14 +144,23 @@ fn prepare_and_run(settings: config::Settings, inh: Inherited) -> anyhow::Result
         handoff::listeners::bind_all(&settings.listen)?
     } else {
         if !settings.listen.is_empty() {
-            tracing::info!("socket-activated: using the {} inherited socket(s), ignoring `listen`", inh.activated.len());
+            tracing::info!(
+                "socket-activated: using the {} inherited socket(s), ignoring `listen`",
+                inh.activated.len()
+            );
         }
         handoff::listeners::from_activation(inh.activated)?
     };
-    let runtime_dir = settings.runtime_dir.clone().unwrap_or_else(control::default_runtime_dir);
+    let runtime_dir = settings
+        .runtime_dir
+        .clone()
+        .unwrap_or_else(control::default_runtime_dir);
     supervisor::make_private_dir(&runtime_dir)
         .with_context(|| format!("cannot create runtime dir {}", runtime_dir.display()))?;
-    let control_path = settings.control.clone().unwrap_or_else(|| runtime_dir.join("control.sock"));
+    let control_path = settings
+        .control
+        .clone()
+        .unwrap_or_else(|| runtime_dir.join("control.sock"));
     let notifier = SystemdNotifier::new(inh.notify_socket.as_deref()).context("NOTIFY_SOCKET")?;
     let rt = Runtime {
         settings,
@@ -128,7 +173,9 @@ fn prepare_and_run(settings: config::Settings, inh: Inherited) -> anyhow::Result
     };
     // One thread: the supervisor is a single state machine, and fork is simplest to reason
     // about with no other threads running Rust code.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(supervisor::run(rt))
 }
 
@@ -166,7 +213,10 @@ fn status(path: Option<PathBuf>, json: bool) -> i32 {
     match control::request(&path, &Request::Status) {
         Ok(Response::Status(r)) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&r).expect("status serializes"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r).expect("status serializes")
+                );
             } else {
                 print!("{}", handoff::render::status(&r));
             }

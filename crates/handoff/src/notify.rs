@@ -98,7 +98,10 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
 /// What came out of one receive on a worker's notify socket.
 #[derive(Debug)]
 pub enum Received {
-    Message { msg: Message, sender_pid: Option<i32> },
+    Message {
+        msg: Message,
+        sender_pid: Option<i32>,
+    },
     /// Dropped, with the reason (for a debug log).
     Dropped(String),
 }
@@ -140,7 +143,9 @@ impl NotifySocket {
         loop {
             self.sock.readable().await?;
             let fd = self.sock.as_raw_fd();
-            match self.sock.try_io(tokio::io::Interest::READABLE, || recv_one(fd, &self.allowed_uids)) {
+            match self.sock.try_io(tokio::io::Interest::READABLE, || {
+                recv_one(fd, &self.allowed_uids)
+            }) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 other => return other,
             }
@@ -178,7 +183,6 @@ fn recv_one(fd: i32, allowed_uids: &[u32]) -> io::Result<Received> {
     }
     let len = msg.bytes;
     let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
-    drop(iov);
     if truncated {
         return Ok(Received::Dropped(format!(
             "control data truncated (too many fds passed); closed {fds_closed}"
@@ -197,16 +201,18 @@ fn recv_one(fd: i32, allowed_uids: &[u32]) -> io::Result<Received> {
         tracing::debug!(fds_closed, "closed fds passed with a notify datagram");
     }
     let sender_pid = creds.map(|c| c.pid());
-    Ok(match parse(&buf[..len.min(buf.len())]).map_err(|e| {
-        if len > MAX_DATAGRAM {
-            ParseError::Oversized(len)
-        } else {
-            e
-        }
-    }) {
-        Ok(msg) => Received::Message { msg, sender_pid },
-        Err(e) => Received::Dropped(e.to_string()),
-    })
+    Ok(
+        match parse(&buf[..len.min(buf.len())]).map_err(|e| {
+            if len > MAX_DATAGRAM {
+                ParseError::Oversized(len)
+            } else {
+                e
+            }
+        }) {
+            Ok(msg) => Received::Message { msg, sender_pid },
+            Err(e) => Received::Dropped(e.to_string()),
+        },
+    )
 }
 
 /// Talks to the service manager on behalf of handoff itself (a no-op when not under systemd).
@@ -310,8 +316,14 @@ mod tests {
         let fds = [r.as_raw_fd()];
         let cmsg = [socket::ControlMessage::ScmRights(&fds)];
         let to = UnixAddr::new(&path).unwrap();
-        socket::sendmsg(tx.as_raw_fd(), &[std::io::IoSlice::new(b"READY=1")], &cmsg, MsgFlags::empty(), Some(&to))
-            .unwrap();
+        socket::sendmsg(
+            tx.as_raw_fd(),
+            &[std::io::IoSlice::new(b"READY=1")],
+            &cmsg,
+            MsgFlags::empty(),
+            Some(&to),
+        )
+        .unwrap();
         drop(r);
         match sock.recv().await.unwrap() {
             Received::Message { msg, .. } => assert!(msg.ready),
@@ -320,7 +332,11 @@ mod tests {
         // Every read end is now closed, so writing fails with EPIPE (Rust's runtime ignores
         // SIGPIPE, so this is an error return, not a signal).
         let res = nix::unistd::write(&w, b"x");
-        assert_eq!(res, Err(nix::errno::Errno::EPIPE), "passed fd was not closed");
+        assert_eq!(
+            res,
+            Err(nix::errno::Errno::EPIPE),
+            "passed fd was not closed"
+        );
 
         drop(sock);
         assert!(!path.exists(), "socket file removed on drop");
@@ -340,7 +356,9 @@ mod tests {
         assert_eq!(&buf[..len], b"RELOADING=1\nSTATUS=gen 2\n");
 
         let name = format!("handoff-test-{}", std::process::id());
-        let rx = UnixDatagram::bind_addr(&StdUnixAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+        let rx =
+            UnixDatagram::bind_addr(&StdUnixAddr::from_abstract_name(name.as_bytes()).unwrap())
+                .unwrap();
         let n = SystemdNotifier::new(Some(&format!("@{name}"))).unwrap();
         n.send(&[NotifyState::Ready]);
         let len = rx.recv(&mut buf).unwrap();

@@ -20,7 +20,11 @@ pub fn status(r: &StatusReport) -> String {
         r.current_generation,
         r.ready,
         r.workers_wanted,
-        if r.shutting_down { "; SHUTTING DOWN" } else { "" }
+        if r.shutting_down {
+            "; SHUTTING DOWN"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(o, "sockets: {}", r.listeners.join(", "));
     for g in &r.generations {
@@ -34,12 +38,24 @@ pub fn status(r: &StatusReport) -> String {
         let version = match &g.version {
             Some(v) => match (&v.version, &v.error) {
                 (_, Some(e)) => format!("; version file: {e}"),
-                (Some(ver), None) => format!("; version {ver} (sha256 {})", &v.hash[..12.min(v.hash.len())]),
-                (None, None) => format!("; {} sha256 {}", v.path.display(), &v.hash[..12.min(v.hash.len())]),
+                (Some(ver), None) => format!(
+                    "; version {ver} (sha256 {})",
+                    &v.hash[..12.min(v.hash.len())]
+                ),
+                (None, None) => format!(
+                    "; {} sha256 {}",
+                    v.path.display(),
+                    &v.hash[..12.min(v.hash.len())]
+                ),
             },
             None => String::new(),
         };
-        let _ = writeln!(o, "generation {}{tag}: started {} ago{version}", g.number, ago(g.age_ms));
+        let _ = writeln!(
+            o,
+            "generation {}{tag}: started {} ago{version}",
+            g.number,
+            ago(g.age_ms)
+        );
         for w in r.workers.iter().filter(|w| w.generation == g.number) {
             let _ = writeln!(
                 o,
@@ -48,21 +64,34 @@ pub fn status(r: &StatusReport) -> String {
                 w.pid,
                 w.state,
                 ago(w.age_ms),
-                w.status.as_ref().map(|s| format!("  \"{s}\"")).unwrap_or_default()
+                w.status
+                    .as_ref()
+                    .map(|s| format!("  \"{s}\""))
+                    .unwrap_or_default()
             );
         }
     }
-    for s in r.slots.iter().filter(|s| s.restart_in_ms.is_some() || s.crashes > 0) {
+    for s in r
+        .slots
+        .iter()
+        .filter(|s| s.restart_in_ms.is_some() || s.crashes > 0)
+    {
         let _ = writeln!(
             o,
             "slot {}: {} crash(es) in a row{}",
             s.slot,
             s.crashes,
-            s.restart_in_ms.map(|ms| format!(", restart in {}", ago(ms))).unwrap_or_default()
+            s.restart_in_ms
+                .map(|ms| format!(", restart in {}", ago(ms)))
+                .unwrap_or_default()
         );
     }
     if let Some(g) = r.rolling_over_to {
-        let _ = writeln!(o, "rollover to generation {g} in progress; {} more queued", r.queued_reloads);
+        let _ = writeln!(
+            o,
+            "rollover to generation {g} in progress; {} more queued",
+            r.queued_reloads
+        );
     }
     match &r.last_rollover {
         Some(l) => {

@@ -38,7 +38,10 @@ pub fn resolve_program(name: &str, path_env: Option<&OsStr>) -> io::Result<PathB
         return if is_executable(&p) {
             Ok(p)
         } else {
-            Err(io::Error::new(io::ErrorKind::NotFound, format!("{name}: not an executable file")))
+            Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{name}: not an executable file"),
+            ))
         };
     }
     let path = path_env.unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
@@ -48,7 +51,10 @@ pub fn resolve_program(name: &str, path_env: Option<&OsStr>) -> io::Result<PathB
             return Ok(candidate);
         }
     }
-    Err(io::Error::new(io::ErrorKind::NotFound, format!("{name}: command not found on PATH")))
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{name}: command not found on PATH"),
+    ))
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -57,7 +63,12 @@ fn is_executable(p: &Path) -> bool {
 }
 
 fn cstring(bytes: &[u8]) -> io::Result<CString> {
-    CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "argument or environment entry contains a NUL byte"))
+    CString::new(bytes).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "argument or environment entry contains a NUL byte",
+        )
+    })
 }
 
 const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
@@ -67,7 +78,11 @@ const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
 pub fn spawn_worker(spec: &WorkerSpec) -> io::Result<Pid> {
     // ---- everything allocated before fork ----
     let program = cstring(spec.program.as_os_str().as_bytes())?;
-    let args: Vec<CString> = spec.args.iter().map(|a| cstring(a.as_bytes())).collect::<io::Result<_>>()?;
+    let args: Vec<CString> = spec
+        .args
+        .iter()
+        .map(|a| cstring(a.as_bytes()))
+        .collect::<io::Result<_>>()?;
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
 
@@ -103,23 +118,49 @@ pub fn spawn_worker(spec: &WorkerSpec) -> io::Result<Pid> {
     let err_w_raw = err_w.as_raw_fd();
 
     // SAFETY: the child branch below calls only async-signal-safe functions (setpgid, prctl,
-    // getppid, sigprocmask, signal, fcntl, dup2, syscall(close_range), getpid, execve, write,
+    // getppid, rt_sigprocmask, rt_sigaction, fcntl, dup2, syscall(close_range), getpid, execve, write,
     // _exit) and writes only into memory allocated before the fork. It never returns.
     match unsafe { nix::unistd::fork() }? {
         ForkResult::Child => unsafe {
             // SAFETY: see the fork comment; raw libc calls on values prepared above.
             libc::setpgid(0, 0);
-            libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong, 0, 0, 0);
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                death_signal as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
             if libc::getppid() != parent.as_raw() {
                 libc::_exit(1); // handoff died between fork and prctl
             }
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            // exec resets handlers but keeps SIG_IGN (Rust ignores SIGPIPE): reset them all.
-            for sig in 1..libc::SIGRTMAX() {
-                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                    libc::signal(sig, libc::SIG_DFL);
+            // Raw syscalls, not glibc's wrappers: those refuse to touch the two real-time
+            // signals glibc reserves (32, 33), and an ancestor of handoff may have left them
+            // ignored; exec keeps SIG_IGN (Rust itself ignores SIGPIPE). Workers start clean.
+            // (syscall() is variadic: every argument goes as a full c_long.)
+            let empty_mask: u64 = 0;
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK as libc::c_long,
+                &empty_mask as *const u64 as libc::c_long,
+                0 as libc::c_long,
+                8 as libc::c_long,
+            );
+            let default = KernelSigaction {
+                handler: libc::SIG_DFL,
+                flags: 0,
+                restorer: 0,
+                mask: 0,
+            };
+            for sig in 1..=64 as libc::c_long {
+                if sig != libc::SIGKILL as libc::c_long && sig != libc::SIGSTOP as libc::c_long {
+                    libc::syscall(
+                        libc::SYS_rt_sigaction,
+                        sig,
+                        &default as *const KernelSigaction as libc::c_long,
+                        0 as libc::c_long,
+                        8 as libc::c_long,
+                    );
                 }
             }
             // Move the error pipe and every listener above the target range first, so a
@@ -140,7 +181,13 @@ pub fn spawn_worker(spec: &WorkerSpec) -> io::Result<Pid> {
             }
             // Everything from 3+n up closes at exec: no inherited strays, whatever handoff's
             // own parent left open. close_range needs Linux 5.11; fall back to a loop.
-            if libc::syscall(libc::SYS_close_range, first_free as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
+            if libc::syscall(
+                libc::SYS_close_range,
+                first_free as libc::c_long,
+                libc::c_uint::MAX as libc::c_long,
+                libc::CLOSE_RANGE_CLOEXEC as libc::c_long,
+            ) != 0
+            {
                 for fd in first_free..max_fd {
                     libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
                 }
@@ -172,9 +219,21 @@ pub fn spawn_worker(spec: &WorkerSpec) -> io::Result<Pid> {
             let _ = nix::sys::wait::waitpid(child, None);
             let errno = i32::from_ne_bytes(buf);
             let err = io::Error::from_raw_os_error(errno);
-            Err(io::Error::new(err.kind(), format!("cannot execute {}: {err}", spec.program.display())))
+            Err(io::Error::new(
+                err.kind(),
+                format!("cannot execute {}: {err}", spec.program.display()),
+            ))
         }
     }
+}
+
+/// The kernel's `struct sigaction` for `rt_sigaction` (x86_64 and aarch64 layout).
+#[repr(C)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: libc::c_ulong,
+    mask: u64,
 }
 
 /// Reports errno over the pipe and exits; async-signal-safe.
@@ -226,7 +285,11 @@ mod tests {
 
     #[test]
     fn resolves_programs() {
-        assert!(resolve_program("sh", Some(OsStr::new("/usr/bin:/bin"))).unwrap().ends_with("sh"));
+        assert!(
+            resolve_program("sh", Some(OsStr::new("/usr/bin:/bin")))
+                .unwrap()
+                .ends_with("sh")
+        );
         assert!(resolve_program("no-such-program-xyz", None).is_err());
         assert!(resolve_program("/etc/passwd", None).is_err());
     }

@@ -34,8 +34,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{ReadyMode, Settings};
 use crate::control::{
-    self, Command, GenerationStatus, Outcome, ReloadReply, RolloverStatus, SlotStatus, StatusReport,
-    VersionInfo, WorkerStatus,
+    self, Command, GenerationStatus, Outcome, ReloadReply, RolloverStatus, SlotStatus,
+    StatusReport, VersionInfo, WorkerStatus,
 };
 use crate::duration::human;
 use crate::listeners::{self, Listener};
@@ -126,11 +126,17 @@ struct Rollover {
 }
 
 enum Event {
-    Notify { worker: WorkerId, received: Received },
+    Notify {
+        worker: WorkerId,
+        received: Received,
+    },
     ReadyDeadline(WorkerId),
     DelayReady(WorkerId),
     DrainDeadline(WorkerId),
-    Restart { slot: usize, token: u64 },
+    Restart {
+        slot: usize,
+        token: u64,
+    },
 }
 
 struct Supervisor {
@@ -243,7 +249,10 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
 /// Creates `dir` with mode 0700 (and its parents as needed).
 pub fn make_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
     // An existing dir keeps its mode under create(): force it.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
@@ -252,7 +261,11 @@ fn describe_exit(status: &WaitStatus) -> String {
     match status {
         WaitStatus::Exited(_, code) => format!("exited with status {code}"),
         WaitStatus::Signaled(_, sig, core) => {
-            format!("was killed by {}{}", sig.as_str(), if *core { " (core dumped)" } else { "" })
+            format!(
+                "was killed by {}{}",
+                sig.as_str(),
+                if *core { " (core dumped)" } else { "" }
+            )
         }
         other => format!("{other:?}"),
     }
@@ -285,8 +298,14 @@ impl Supervisor {
         let program = match &self.program {
             Some(p) => p.clone(),
             None => {
-                let path = self.rt.base_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_os_str());
-                let p = spawn::resolve_program(&self.rt.settings.command[0], path).map_err(|e| e.to_string())?;
+                let path = self
+                    .rt
+                    .base_env
+                    .iter()
+                    .find(|(k, _)| k == "PATH")
+                    .map(|(_, v)| v.as_os_str());
+                let p = spawn::resolve_program(&self.rt.settings.command[0], path)
+                    .map_err(|e| e.to_string())?;
                 self.program = Some(p.clone());
                 p
             }
@@ -301,13 +320,26 @@ impl Supervisor {
             .filter(|(k, _)| {
                 !matches!(
                     k.to_str(),
-                    Some("LISTEN_FDS" | "LISTEN_PID" | "LISTEN_FDNAMES" | "NOTIFY_SOCKET" | "HANDOFF_GENERATION" | "HANDOFF_WORKER")
+                    Some(
+                        "LISTEN_FDS"
+                            | "LISTEN_PID"
+                            | "LISTEN_FDNAMES"
+                            | "NOTIFY_SOCKET"
+                            | "HANDOFF_GENERATION"
+                            | "HANDOFF_WORKER"
+                    )
                 )
             })
             .cloned()
             .collect();
-        env.push(("LISTEN_FDS".into(), self.rt.listeners.len().to_string().into()));
-        env.push(("LISTEN_FDNAMES".into(), listeners::fd_names(&self.rt.listeners).into()));
+        env.push((
+            "LISTEN_FDS".into(),
+            self.rt.listeners.len().to_string().into(),
+        ));
+        env.push((
+            "LISTEN_FDNAMES".into(),
+            listeners::fd_names(&self.rt.listeners).into(),
+        ));
         env.push(("NOTIFY_SOCKET".into(), sock_path.clone().into_os_string()));
         env.push(("HANDOFF_GENERATION".into(), generation.to_string().into()));
         env.push(("HANDOFF_WORKER".into(), slot.to_string().into()));
@@ -326,7 +358,14 @@ impl Supervisor {
             loop {
                 match sock.recv().await {
                     Ok(received) => {
-                        if tx.send(Event::Notify { worker: id, received }).await.is_err() {
+                        if tx
+                            .send(Event::Notify {
+                                worker: id,
+                                received,
+                            })
+                            .await
+                            .is_err()
+                        {
                             break;
                         }
                     }
@@ -392,19 +431,35 @@ impl Supervisor {
             // Requests that only want a rollover if the release changed are settled here,
             // after any earlier rollover has finished, so two triggers for one release give
             // one rollover.
-            let current_hash = self.generations.get(&self.current_generation).and_then(|(_, v)| v.as_ref()).map(|v| v.hash.clone());
-            let (conditional, unconditional): (Vec<_>, Vec<_>) = waiters.into_iter().partition(|w| w.if_changed);
+            let current_hash = self
+                .generations
+                .get(&self.current_generation)
+                .and_then(|(_, v)| v.as_ref())
+                .map(|v| v.hash.clone());
+            let (conditional, unconditional): (Vec<_>, Vec<_>) =
+                waiters.into_iter().partition(|w| w.if_changed);
             waiters = unconditional;
             for w in conditional {
                 let answer = match &version {
-                    None => Some(self.refused("--if-changed needs `version_file` in handoff's settings")),
-                    Some(v) if v.error.is_some() => Some(self.refused(&format!("{}; not rolling over", v.error.as_deref().unwrap_or_default()))),
-                    Some(v) if Some(&v.hash) == current_hash.as_ref() && waiters.is_empty() => Some(ReloadReply {
-                        outcome: Outcome::Unchanged,
-                        generation: self.current_generation,
-                        message: format!("{} unchanged since generation {}; no rollover", v.path.display(), self.current_generation),
-                        duration_ms: 0,
-                    }),
+                    None => Some(
+                        self.refused("--if-changed needs `version_file` in handoff's settings"),
+                    ),
+                    Some(v) if v.error.is_some() => Some(self.refused(&format!(
+                        "{}; not rolling over",
+                        v.error.as_deref().unwrap_or_default()
+                    ))),
+                    Some(v) if Some(&v.hash) == current_hash.as_ref() && waiters.is_empty() => {
+                        Some(ReloadReply {
+                            outcome: Outcome::Unchanged,
+                            generation: self.current_generation,
+                            message: format!(
+                                "{} unchanged since generation {}; no rollover",
+                                v.path.display(),
+                                self.current_generation
+                            ),
+                            duration_ms: 0,
+                        })
+                    }
                     Some(_) => None,
                 };
                 match answer {
@@ -452,10 +507,16 @@ impl Supervisor {
             initial,
         });
         // The first generation has nothing to keep serving meanwhile: start it whole.
-        let slots: Vec<usize> = if self.rt.settings.rolling && !initial { vec![0] } else { (0..self.slots.len()).collect() };
+        let slots: Vec<usize> = if self.rt.settings.rolling && !initial {
+            vec![0]
+        } else {
+            (0..self.slots.len()).collect()
+        };
         for slot in slots {
             if let Err(e) = self.spawn_into_rollover(slot) {
-                return self.fail_rollover(format!("cannot start worker {slot} of generation {generation}: {e}"));
+                return self.fail_rollover(format!(
+                    "cannot start worker {slot} of generation {generation}: {e}"
+                ));
             }
         }
     }
@@ -472,7 +533,11 @@ impl Supervisor {
     /// Called whenever a worker became ready: advances the rollover if it can.
     fn advance_rollover(&mut self) {
         let Some(ro) = &self.rollover else { return };
-        let all_ready = ro.pending.iter().all(|id| self.workers.get(id).is_some_and(|w| w.state == WorkerState::Ready));
+        let all_ready = ro.pending.iter().all(|id| {
+            self.workers
+                .get(id)
+                .is_some_and(|w| w.state == WorkerState::Ready)
+        });
         if ro.pending.is_empty() || !all_ready {
             return;
         }
@@ -495,12 +560,18 @@ impl Supervisor {
         self.current_generation = generation;
         if one_at_a_time && next < self.slots.len() {
             if let Err(e) = self.spawn_into_rollover(next) {
-                self.fail_rollover(format!("cannot start worker {next} of generation {generation}: {e}"));
+                self.fail_rollover(format!(
+                    "cannot start worker {next} of generation {generation}: {e}"
+                ));
             }
             return;
         }
         let ro = self.rollover.as_ref().expect("rollover");
-        let message = format!("generation {generation} serves ({} workers) after {}", self.slots.len(), human(ro.started.elapsed()));
+        let message = format!(
+            "generation {generation} serves ({} workers) after {}",
+            self.slots.len(),
+            human(ro.started.elapsed())
+        );
         self.finish_rollover(Outcome::Ok, message);
     }
 
@@ -522,7 +593,10 @@ impl Supervisor {
         }
         let (outcome, message) = if switched == 0 {
             let old = self.current_generation;
-            (Outcome::RolledBack, format!("rolled back: generation {old} still serves; {reason}"))
+            (
+                Outcome::RolledBack,
+                format!("rolled back: generation {old} still serves; {reason}"),
+            )
         } else {
             let n = self.slots.len();
             (
@@ -538,7 +612,9 @@ impl Supervisor {
     }
 
     fn finish_rollover(&mut self, outcome: Outcome, message: String) {
-        let Some(ro) = self.rollover.take() else { return };
+        let Some(ro) = self.rollover.take() else {
+            return;
+        };
         let duration = ro.started.elapsed();
         if outcome == Outcome::Ok {
             info!(gen = ro.generation, duration_ms = duration.as_millis() as u64, "{message}");
@@ -571,8 +647,12 @@ impl Supervisor {
     /// Generations with no worker left (and not current or starting) are history.
     fn forget_idle_generations(&mut self) {
         let live: Vec<u64> = self.workers.values().map(|w| w.generation).collect();
-        let keep = [Some(self.current_generation), self.rollover.as_ref().map(|r| r.generation)];
-        self.generations.retain(|g, _| keep.contains(&Some(*g)) || live.contains(g));
+        let keep = [
+            Some(self.current_generation),
+            self.rollover.as_ref().map(|r| r.generation),
+        ];
+        self.generations
+            .retain(|g, _| keep.contains(&Some(*g)) || live.contains(g));
     }
 
     fn start_queued(&mut self) {
@@ -594,7 +674,9 @@ impl Supervisor {
     fn drain(&mut self, id: WorkerId, why: &str) {
         let signal = self.rt.settings.drain_signal;
         let timeout = self.rt.settings.drain_timeout;
-        let Some(w) = self.workers.get_mut(&id) else { return };
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
         if w.state == WorkerState::Draining {
             return;
         }
@@ -608,7 +690,9 @@ impl Supervisor {
 
     fn drain_deadline(&mut self, id: WorkerId) {
         let timeout = self.rt.settings.drain_timeout;
-        let Some(w) = self.workers.get_mut(&id) else { return };
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
         if w.state != WorkerState::Draining || w.killed {
             return;
         }
@@ -638,13 +722,19 @@ impl Supervisor {
             .env("HANDOFF_WORKER_PID", pid.to_string())
             .env("HANDOFF_GENERATION", generation.to_string())
             .env("HANDOFF_WORKER", slot.to_string())
-            .env("HANDOFF_DRAIN_TIMEOUT_MS", self.rt.settings.drain_timeout.as_millis().to_string())
+            .env(
+                "HANDOFF_DRAIN_TIMEOUT_MS",
+                self.rt.settings.drain_timeout.as_millis().to_string(),
+            )
             .stdin(std::process::Stdio::null());
         match c.spawn() {
             // The child is reaped by the SIGCHLD loop like every other child.
             Ok(child) => {
                 let hpid = Pid::from_raw(child.id() as i32);
-                info!(hook_pid = hpid.as_raw(), "on-drain-timeout hook started: {cmd}");
+                info!(
+                    hook_pid = hpid.as_raw(),
+                    "on-drain-timeout hook started: {cmd}"
+                );
                 self.hooks.insert(hpid, cmd.to_string());
             }
             Err(e) => error!("cannot run on-drain-timeout hook {cmd:?}: {e}"),
@@ -658,7 +748,11 @@ impl Supervisor {
             Event::Notify { worker, received } => self.on_notify(worker, received),
             Event::ReadyDeadline(id) => self.ready_deadline(id),
             Event::DelayReady(id) => {
-                if self.workers.get(&id).is_some_and(|w| w.state == WorkerState::Starting) {
+                if self
+                    .workers
+                    .get(&id)
+                    .is_some_and(|w| w.state == WorkerState::Starting)
+                {
                     self.mark_ready(id);
                 }
             }
@@ -668,7 +762,9 @@ impl Supervisor {
     }
 
     fn on_notify(&mut self, id: WorkerId, received: Received) {
-        let Some(w) = self.workers.get_mut(&id) else { return };
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
         let msg = match received {
             Received::Dropped(why) => {
                 debug!(gen = w.generation, worker = w.slot, pid = w.pid.as_raw(), "notify datagram dropped: {why}");
@@ -697,7 +793,10 @@ impl Supervisor {
             }
         }
         let w = &self.workers[&id];
-        if msg.ready && w.state == WorkerState::Starting && self.rt.settings.ready == ReadyMode::Notify {
+        if msg.ready
+            && w.state == WorkerState::Starting
+            && self.rt.settings.ready == ReadyMode::Notify
+        {
             self.mark_ready(id);
         }
     }
@@ -717,7 +816,9 @@ impl Supervisor {
     }
 
     fn ready_deadline(&mut self, id: WorkerId) {
-        let Some(w) = self.workers.get(&id) else { return };
+        let Some(w) = self.workers.get(&id) else {
+            return;
+        };
         if w.state != WorkerState::Starting || Self::now() < w.ready_deadline {
             return;
         }
@@ -728,7 +829,11 @@ impl Supervisor {
             human(w.ready_deadline - w.started),
             last_words(w)
         );
-        if self.rollover.as_ref().is_some_and(|r| r.pending.contains(&id)) {
+        if self
+            .rollover
+            .as_ref()
+            .is_some_and(|r| r.pending.contains(&id))
+        {
             self.fail_rollover(reason);
         } else {
             // A restarted worker that never got ready: drain it and count a crash.
@@ -746,7 +851,10 @@ impl Supervisor {
         match cmd {
             Command::Reload { if_changed, reply } => {
                 info!(if_changed, "reload requested on the control socket");
-                self.request_reload(Waiter { reply: Some(reply), if_changed });
+                self.request_reload(Waiter {
+                    reply: Some(reply),
+                    if_changed,
+                });
             }
             Command::Status { reply } => {
                 let _ = reply.send(self.status_report());
@@ -775,11 +883,19 @@ impl Supervisor {
 
     fn on_exit(&mut self, pid: Pid, status: &WaitStatus) {
         if let Some(cmd) = self.hooks.remove(&pid) {
-            info!(hook_pid = pid.as_raw(), "on-drain-timeout hook {}: {cmd}", describe_exit(status));
+            info!(
+                hook_pid = pid.as_raw(),
+                "on-drain-timeout hook {}: {cmd}",
+                describe_exit(status)
+            );
             return;
         }
         let Some((&id, _)) = self.workers.iter().find(|(_, w)| w.pid == pid) else {
-            debug!(pid = pid.as_raw(), "reaped a re-parented descendant: {}", describe_exit(status));
+            debug!(
+                pid = pid.as_raw(),
+                "reaped a re-parented descendant: {}",
+                describe_exit(status)
+            );
             return;
         };
         let w = self.workers.remove(&id).expect("worker");
@@ -801,8 +917,16 @@ impl Supervisor {
                 }
             }
             WorkerState::Starting | WorkerState::Ready => {
-                let reason = format!("worker {} (pid {pid}) {how} after {age}{}", w.slot, last_words(&w));
-                if self.rollover.as_ref().is_some_and(|r| r.pending.contains(&id)) {
+                let reason = format!(
+                    "worker {} (pid {pid}) {how} after {age}{}",
+                    w.slot,
+                    last_words(&w)
+                );
+                if self
+                    .rollover
+                    .as_ref()
+                    .is_some_and(|r| r.pending.contains(&id))
+                {
                     if let Some(r) = self.rollover.as_mut() {
                         r.pending.retain(|p| *p != id);
                     }
@@ -824,12 +948,19 @@ impl Supervisor {
 
     fn schedule_restart(&mut self, slot: usize) {
         let s = &mut self.slots[slot];
-        let delay = RESTART_BASE.saturating_mul(1u32 << s.crashes.min(16)).min(RESTART_MAX);
+        let delay = RESTART_BASE
+            .saturating_mul(1u32 << s.crashes.min(16))
+            .min(RESTART_MAX);
         s.crashes += 1;
         s.restart_token += 1;
         let at = Self::now() + delay;
         s.restart_at = Some(at);
-        info!(worker = slot, crashes = s.crashes, "restarting worker in {}", human(delay));
+        info!(
+            worker = slot,
+            crashes = s.crashes,
+            "restarting worker in {}",
+            human(delay)
+        );
         let token = s.restart_token;
         self.at(at, Event::Restart { slot, token });
     }
@@ -855,9 +986,15 @@ impl Supervisor {
         if self.shutdown.is_some() {
             return;
         }
-        info!("{why}: draining all workers (up to {})", human(self.rt.settings.drain_timeout));
+        info!(
+            "{why}: draining all workers (up to {})",
+            human(self.rt.settings.drain_timeout)
+        );
         self.shutdown = Some(code);
-        self.rt.notifier.send(&[NotifyState::Stopping, NotifyState::Status("stopping: draining workers")]);
+        self.rt.notifier.send(&[
+            NotifyState::Stopping,
+            NotifyState::Status("stopping: draining workers"),
+        ]);
         self.extend_systemd_timeout(self.rt.settings.drain_timeout);
         if let Some(ro) = self.rollover.take() {
             let answer = self.refused("handoff is shutting down; rollover abandoned");
@@ -891,13 +1028,21 @@ impl Supervisor {
 
     fn extend_systemd_timeout(&self, t: Duration) {
         let usec = (t + SYSTEMD_SLACK).as_micros().min(u32::MAX as u128) as u32;
-        self.rt.notifier.send(&[NotifyState::ExtendTimeoutUsec(usec)]);
+        self.rt
+            .notifier
+            .send(&[NotifyState::ExtendTimeoutUsec(usec)]);
     }
 
     fn ready_count(&self) -> usize {
         self.slots
             .iter()
-            .filter(|s| s.worker.is_some_and(|id| self.workers.get(&id).is_some_and(|w| w.state == WorkerState::Ready)))
+            .filter(|s| {
+                s.worker.is_some_and(|id| {
+                    self.workers
+                        .get(&id)
+                        .is_some_and(|w| w.state == WorkerState::Ready)
+                })
+            })
             .count()
     }
 
@@ -914,13 +1059,34 @@ impl Supervisor {
     }
 
     fn status_line(&self) -> String {
-        let mut line = format!("gen {}: {}/{} ready", self.current_generation, self.ready_count(), self.slots.len());
-        if let Some(v) = self.generations.get(&self.current_generation).and_then(|(_, v)| v.as_ref()).and_then(|v| v.version.as_ref()) {
+        let mut line = format!(
+            "gen {}: {}/{} ready",
+            self.current_generation,
+            self.ready_count(),
+            self.slots.len()
+        );
+        if let Some(v) = self
+            .generations
+            .get(&self.current_generation)
+            .and_then(|(_, v)| v.as_ref())
+            .and_then(|v| v.version.as_ref())
+        {
             line.push_str(&format!("; version {v}"));
         }
         if let Some(ro) = &self.rollover {
-            let ready = ro.pending.iter().filter(|id| self.workers.get(id).is_some_and(|w| w.state == WorkerState::Ready)).count();
-            line.push_str(&format!("; rolling over to gen {} ({} switched, {ready} more ready)", ro.generation, ro.switched));
+            let ready = ro
+                .pending
+                .iter()
+                .filter(|id| {
+                    self.workers
+                        .get(id)
+                        .is_some_and(|w| w.state == WorkerState::Ready)
+                })
+                .count();
+            line.push_str(&format!(
+                "; rolling over to gen {} ({} switched, {ready} more ready)",
+                ro.generation, ro.switched
+            ));
         }
         if let Some((last, _)) = &self.last_rollover {
             let word = match last.outcome {
@@ -930,9 +1096,18 @@ impl Supervisor {
                 Outcome::Unchanged => "unchanged",
                 Outcome::Refused => "refused",
             };
-            line.push_str(&format!("; last rollover {word} in {}", human(Duration::from_millis(last.duration_ms))));
+            line.push_str(&format!(
+                "; last rollover {word} in {}",
+                human(Duration::from_millis(last.duration_ms))
+            ));
         }
-        let crashing: Vec<String> = self.slots.iter().enumerate().filter(|(_, s)| s.restart_at.is_some()).map(|(i, s)| format!("w{i}×{}", s.crashes)).collect();
+        let crashing: Vec<String> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.restart_at.is_some())
+            .map(|(i, s)| format!("w{i}×{}", s.crashes))
+            .collect();
         if !crashing.is_empty() {
             line.push_str(&format!("; restarting {}", crashing.join(",")));
         }
@@ -958,7 +1133,11 @@ impl Supervisor {
         let mut generations: Vec<GenerationStatus> = self
             .generations
             .iter()
-            .map(|(n, (t, v))| GenerationStatus { number: *n, version: v.clone(), age_ms: ms(now - *t) })
+            .map(|(n, (t, v))| GenerationStatus {
+                number: *n,
+                version: v.clone(),
+                age_ms: ms(now - *t),
+            })
             .collect();
         generations.sort_by_key(|g| std::cmp::Reverse(g.number));
         StatusReport {
@@ -967,7 +1146,12 @@ impl Supervisor {
             current_generation: self.current_generation,
             workers_wanted: self.slots.len(),
             ready: self.ready_count(),
-            listeners: self.rt.listeners.iter().map(|l| format!("{}={}", l.name, l.describe)).collect(),
+            listeners: self
+                .rt
+                .listeners
+                .iter()
+                .map(|l| format!("{}={}", l.name, l.describe))
+                .collect(),
             generations,
             workers,
             slots: self
@@ -982,7 +1166,10 @@ impl Supervisor {
                 .collect(),
             rolling_over_to: self.rollover.as_ref().map(|r| r.generation),
             queued_reloads: self.queued.len(),
-            last_rollover: self.last_rollover.as_ref().map(|(r, at)| RolloverStatus { ago_ms: ms(now - *at), ..r.clone() }),
+            last_rollover: self.last_rollover.as_ref().map(|(r, at)| RolloverStatus {
+                ago_ms: ms(now - *at),
+                ..r.clone()
+            }),
             shutting_down: self.shutdown.is_some(),
         }
     }
@@ -995,7 +1182,10 @@ fn last_words(w: &Worker) -> String {
         s.push_str(&format!("; last status: {st:?}"));
     }
     if let Some(e) = w.errno {
-        s.push_str(&format!("; errno {e} ({})", std::io::Error::from_raw_os_error(e)));
+        s.push_str(&format!(
+            "; errno {e} ({})",
+            std::io::Error::from_raw_os_error(e)
+        ));
     }
     s
 }

@@ -24,12 +24,28 @@ pub fn read(path: &Path) -> VersionInfo {
 }
 
 pub fn from_bytes(path: &Path, bytes: &[u8]) -> VersionInfo {
-    let hash = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let hash = Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let (version, error) = match serde_json::from_slice::<serde_json::Value>(bytes) {
-        Ok(v) => (v.get("version").and_then(|v| v.as_str()).map(str::to_string), None),
-        Err(e) => (None, Some(format!("{} is not valid JSON: {e}", path.display()))),
+        Ok(v) => (
+            v.get("version")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+            None,
+        ),
+        Err(e) => (
+            None,
+            Some(format!("{} is not valid JSON: {e}", path.display())),
+        ),
     };
-    VersionInfo { path: path.to_path_buf(), version, hash, error }
+    VersionInfo {
+        path: path.to_path_buf(),
+        version,
+        hash,
+        error,
+    }
 }
 
 #[cfg(test)]

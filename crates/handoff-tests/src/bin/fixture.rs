@@ -6,7 +6,9 @@
 //! `ignore-term` (READY=1 then ignore SIGTERM), `grandchild` (READY=1, leaves a `sleep` holding
 //! the sockets behind on SIGTERM), `exit0` (exit 0 at once), `crash-after-ready`
 //! (READY=1, exit 1 after FIXTURE_MS), `noise` (sends malformed datagrams before READY=1),
-//! `extend` (EXTEND_TIMEOUT_USEC=FIXTURE_MS*1000, READY=1 after FIXTURE_MS/2... see code).
+//! `extend` (asks for 2×FIXTURE_MS with EXTEND_TIMEOUT_USEC=, READY=1 after FIXTURE_MS).
+//! The mode is read from `FIXTURE_MODE_FILE` if set (so a test can "release" a new behaviour),
+//! else `FIXTURE_MODE`; `FIXTURE_READY_DELAY_MS` delays everything, like a slow boot.
 
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
@@ -14,26 +16,39 @@ use std::time::Duration;
 use nix::sys::signal::{SigSet, Signal};
 
 fn notify(text: &str) {
-    let Ok(path) = std::env::var("NOTIFY_SOCKET") else { return };
+    let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
+        return;
+    };
     let s = UnixDatagram::unbound().expect("socket");
     let _ = s.send_to(text.as_bytes(), path);
 }
 
 fn report() {
-    let Ok(dir) = std::env::var("FIXTURE_REPORT_DIR") else { return };
+    let Ok(dir) = std::env::var("FIXTURE_REPORT_DIR") else {
+        return;
+    };
     let pid = std::process::id();
     let mut fds = Vec::new();
     for e in std::fs::read_dir("/proc/self/fd").expect("proc").flatten() {
         let n: i32 = e.file_name().to_string_lossy().parse().unwrap_or(-1);
-        let target = std::fs::read_link(e.path()).map(|p| p.display().to_string()).unwrap_or_default();
+        let target = std::fs::read_link(e.path())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         // Each fd's FD_CLOEXEC flag: listeners must not have it, nothing else may exist.
-        let flags = nix::fcntl::fcntl(unsafe_borrow(n), nix::fcntl::FcntlArg::F_GETFD).unwrap_or(-1);
-        fds.push(serde_json::json!({"fd": n, "target": target, "cloexec": flags >= 0 && flags & libc_fd_cloexec() != 0}));
+        let flags =
+            nix::fcntl::fcntl(unsafe_borrow(n), nix::fcntl::FcntlArg::F_GETFD).unwrap_or(-1);
+        fds.push(serde_json::json!({"fd": n, "target": target, "cloexec": flags >= 0 && flags & libc::FD_CLOEXEC != 0}));
     }
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| status.lines().find(|l| l.starts_with(name)).map(|l| l[name.len()..].trim().to_string());
-    let env: serde_json::Map<String, serde_json::Value> =
-        std::env::vars().map(|(k, v)| (k, serde_json::Value::String(v))).collect();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l[name.len()..].trim().to_string())
+    };
+    let env: serde_json::Map<String, serde_json::Value> = std::env::vars()
+        .map(|(k, v)| (k, serde_json::Value::String(v)))
+        .collect();
     let r = serde_json::json!({
         "pid": pid,
         "pgid": nix::unistd::getpgrp().as_raw(),
@@ -48,18 +63,13 @@ fn report() {
     std::fs::rename(&tmp, format!("{dir}/{pid}.json")).expect("rename report");
 }
 
-/// The fd being listed is still open while we look at it (read_dir's own fd is excluded by
-/// the fcntl failing after the dir is closed, which is fine: it is not reported as inherited).
+/// Borrows a listed fd number for an F_GETFD query.
 fn unsafe_borrow(fd: i32) -> std::os::fd::BorrowedFd<'static> {
     #[allow(unsafe_code)]
     // SAFETY: only used for an F_GETFD query; a closed fd yields EBADF, never UB in the kernel.
     unsafe {
         std::os::fd::BorrowedFd::borrow_raw(fd)
     }
-}
-
-fn libc_fd_cloexec() -> i32 {
-    1 // FD_CLOEXEC
 }
 
 fn wait_term() -> Signal {
@@ -72,8 +82,23 @@ fn wait_term() -> Signal {
 
 fn main() {
     report();
-    let mode = std::env::var("FIXTURE_MODE").unwrap_or_else(|_| "ready".into());
-    let ms: u64 = std::env::var("FIXTURE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    // FIXTURE_MODE_FILE lets a test change what the next generation does, as a release would.
+    let mode = std::env::var("FIXTURE_MODE_FILE")
+        .ok()
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .map(|m| m.trim().to_string())
+        .or_else(|| std::env::var("FIXTURE_MODE").ok())
+        .unwrap_or_else(|| "ready".into());
+    if let Some(d) = std::env::var("FIXTURE_READY_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(Duration::from_millis(d));
+    }
+    let ms: u64 = std::env::var("FIXTURE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
     match mode.as_str() {
         "ready" => {
             notify("READY=1\nSTATUS=fixture ready");
@@ -100,7 +125,10 @@ fn main() {
         "grandchild" => {
             // The grandchild inherits fds 3.. (no CLOEXEC) and outlives us unless handoff
             // kills our process group.
-            let child = std::process::Command::new("sleep").arg("1000").spawn().expect("sleep");
+            let child = std::process::Command::new("sleep")
+                .arg("1000")
+                .spawn()
+                .expect("sleep");
             if let Ok(dir) = std::env::var("FIXTURE_REPORT_DIR") {
                 std::fs::write(format!("{dir}/grandchild-{}", child.id()), "").ok();
             }

@@ -1,0 +1,428 @@
+//! Test harness: a real `handoff run` in a temp dir, real clients on loopback.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use handoff::control::{self, Request, Response, StatusReport};
+
+/// `target/debug` (or wherever this test binary was built).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build --workspace --bins` first (tests/run.sh does)",
+        p.display()
+    );
+    p
+}
+
+pub fn handoff_bin() -> PathBuf {
+    bin("handoff")
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A temp directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("hit-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct Handoff {
+    pub child: Option<Child>,
+    /// Directories that must live as long as this handoff (e.g. a worker's mode file).
+    pub keep: Vec<TempDir>,
+    pub dir: TempDir,
+    pub control: PathBuf,
+    pub log: PathBuf,
+}
+
+pub struct Opts<'a> {
+    pub args: Vec<String>,
+    pub worker: Vec<String>,
+    pub env: Vec<(&'a str, String)>,
+    /// Wait until this many workers are ready (0: don't wait).
+    pub wait_ready: usize,
+}
+
+impl Default for Opts<'_> {
+    fn default() -> Self {
+        Opts {
+            args: vec![],
+            worker: vec![],
+            env: vec![],
+            wait_ready: 1,
+        }
+    }
+}
+
+pub fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+impl Handoff {
+    pub fn start(tag: &str, o: Opts) -> Handoff {
+        let dir = TempDir::new(tag);
+        let control = match o.args.iter().position(|a| a == "--control") {
+            Some(i) => PathBuf::from(&o.args[i + 1]),
+            None => dir.path().join("rt/control.sock"),
+        };
+        let log = dir.path().join("handoff.log");
+        let mut cmd = Command::new(handoff_bin());
+        cmd.arg("run")
+            .arg("--runtime-dir")
+            .arg(dir.path().join("rt"))
+            .args(&o.args)
+            .arg("--")
+            .args(&o.worker)
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("HANDOFF_CONTROL")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in &o.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn handoff");
+        let h = Handoff {
+            child: Some(child),
+            keep: Vec::new(),
+            dir,
+            control,
+            log,
+        };
+        if o.wait_ready > 0 {
+            h.wait_for(
+                Duration::from_secs(20),
+                |st| st.ready >= o.wait_ready,
+                "first generation ready",
+            );
+        }
+        h
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn status(&self) -> Option<StatusReport> {
+        match control::request(&self.control, &Request::Status) {
+            Ok(Response::Status(r)) => Some(*r),
+            _ => None,
+        }
+    }
+
+    pub fn wait_for(
+        &self,
+        limit: Duration,
+        mut cond: impl FnMut(&StatusReport) -> bool,
+        what: &str,
+    ) -> StatusReport {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.status()
+                && cond(&st)
+            {
+                return st;
+            }
+            if t0.elapsed() > limit {
+                panic!(
+                    "timed out waiting for {what}; status: {:#?}\nlog:\n{}",
+                    self.status(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The listening address handoff bound (from `--listen 127.0.0.1:0`).
+    pub fn addr(&self) -> String {
+        let st = self.status().expect("status");
+        st.listeners[0].split_once('=').unwrap().1.to_string()
+    }
+
+    /// Runs `handoff reload` (the real CLI): (exit code, stdout, stderr).
+    pub fn reload_cli(&self, extra: &[&str]) -> (i32, String, String) {
+        let out = self.cli(&["reload"], extra);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+
+    pub fn cli(&self, sub: &[&str], extra: &[&str]) -> Output {
+        Command::new(handoff_bin())
+            .args(sub)
+            .arg("--control")
+            .arg(&self.control)
+            .args(extra)
+            .output()
+            .expect("run handoff cli")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait (bounded) for exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        wait_child(&mut child, Duration::from_secs(30)).unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!(
+                "handoff did not exit within 30 s of SIGTERM; log:\n{}",
+                self.log()
+            )
+        })
+    }
+}
+
+impl Drop for Handoff {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // Kill the workers too, so a failed test leaves nothing behind.
+            if let Some(st) = self.status() {
+                for w in st.workers {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(w.pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn wait_child(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    // A zombie counts as gone for our purposes only once reaped; check /proc state.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+pub fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The fd count with transients (a control connection still closing) settled: the smallest
+/// of a few samples.
+pub fn steady_fd_count(pid: i32) -> usize {
+    (0..5)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            fd_count(pid)
+        })
+        .min()
+        .unwrap()
+}
+
+/// Children of `pid` that are zombies.
+pub fn zombie_children(pid: i32) -> Vec<i32> {
+    let mut z = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let rest: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        if rest.len() > 2 && rest[0] == "Z" && rest[1] == pid.to_string() {
+            z.push(p);
+        }
+    }
+    z
+}
+
+// ---- a minimal HTTP/1.1 client ----------------------------------------------------------
+
+/// One response: (status code, body, server said Connection: close).
+pub fn read_response(r: &mut BufReader<TcpStream>) -> Result<(u16, String, bool), String> {
+    let mut line = String::new();
+    match r.read_line(&mut line) {
+        Ok(0) => return Err("connection closed before a response".into()),
+        Ok(_) => {}
+        Err(e) => return Err(format!("read status line: {e}")),
+    }
+    let code: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or(format!("bad status line {line:?}"))?;
+    let mut len = 0usize;
+    let mut close = false;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h)
+            .map_err(|e| format!("read header: {e}"))?;
+        if h.is_empty() {
+            return Err("eof in headers".into());
+        }
+        if h == "\r\n" {
+            break;
+        }
+        let lower = h.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            len = v.trim().parse().map_err(|_| "bad content-length")?;
+        }
+        if lower.starts_with("connection:") && lower.contains("close") {
+            close = true;
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)
+        .map_err(|e| format!("short body: {e}"))?;
+    Ok((code, String::from_utf8_lossy(&body).into(), close))
+}
+
+/// GET on a new connection.
+pub fn get(addr: &str, path: &str) -> Result<(u16, String), String> {
+    let s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    w.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut r = BufReader::new(s);
+    read_response(&mut r).map(|(c, b, _)| (c, b))
+}
+
+/// A keep-alive client that reconnects only when the server says `Connection: close`.
+pub struct KeepAlive {
+    addr: String,
+    conn: Option<(TcpStream, BufReader<TcpStream>)>,
+}
+
+impl KeepAlive {
+    pub fn new(addr: &str) -> KeepAlive {
+        KeepAlive {
+            addr: addr.to_string(),
+            conn: None,
+        }
+    }
+
+    pub fn get(&mut self, path: &str) -> Result<(u16, String), String> {
+        if self.conn.is_none() {
+            let s = TcpStream::connect(&self.addr).map_err(|e| format!("connect: {e}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let r = BufReader::new(s.try_clone().unwrap());
+            self.conn = Some((s, r));
+        }
+        let (w, r) = self.conn.as_mut().unwrap();
+        let res = w
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .map_err(|e| format!("write on keep-alive connection: {e}"))
+            .and_then(|_| read_response(r));
+        match res {
+            Ok((c, b, close)) => {
+                if close {
+                    self.conn = None;
+                }
+                Ok((c, b))
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// `pid=123 gen=4 ...` → (123, 4).
+pub fn parse_identity(body: &str) -> Option<(i32, u64)> {
+    let mut pid = None;
+    let mut generation = None;
+    for part in body.split_whitespace() {
+        if let Some(v) = part.strip_prefix("pid=") {
+            pid = v.parse().ok();
+        }
+        if let Some(v) = part.strip_prefix("gen=") {
+            generation = v.parse().ok();
+        }
+    }
+    Some((pid?, generation?))
+}
+
+/// Pids handoff logged as ready.
+pub fn ready_pids(log: &str) -> std::collections::HashSet<i32> {
+    log.lines()
+        .filter(|l| l.contains("worker ready"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("pid="))
+                .and_then(|p| p.parse().ok())
+        })
+        .collect()
+}
