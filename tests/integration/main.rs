@@ -4,4 +4,5 @@
 mod harness;
 mod robustness;
 mod rollover;
+mod systemd_protocol;
 mod worker_contract;

@@ -159,12 +159,9 @@ fn another_user_cannot_notify_for_a_worker() {
         &["--ready-timeout", "1s"],
         vec![("FIXTURE_MODE", "ready".into())],
     );
-    // A never-ready generation, and a stranger (uid 65534) trying to declare it ready.
-    let mode_dir = TempDir::new("stranger-mode");
-    let _ = mode_dir;
+    // A process of another user (uid 65534) tries to send to the worker's notify socket: the
+    // 0700 runtime dir stops it before handoff even sees a datagram.
     let (code, _, _) = {
-        // Switch the next generation to never-ready through a fresh handoff is heavy; instead
-        // send as the stranger to the live worker's socket and check the kernel refuses it.
         let pid = h.status().unwrap().workers[0].pid;
         let sock = std::fs::read(format!("/proc/{pid}/environ"))
             .unwrap()
@@ -437,9 +434,7 @@ fn a_grandchild_holding_the_socket_is_killed_with_its_worker() {
 #[test]
 fn a_worker_that_exits_0_at_once_is_a_failed_start() {
     let mut h = start_fixture("exit0", &[], vec![]);
-    let f = h.dir.path().join("x");
-    let _ = f;
-    // Replace the command's behaviour: a new handoff whose worker exits at once never serves.
+    // A second handoff (own runtime dir) whose worker exits 0 at once: it never served.
     let out = Command::new(handoff_bin())
         .args(["run", "--listen", "127.0.0.1:0", "--runtime-dir"])
         .arg(h.dir.path().join("rt3"))

@@ -228,3 +228,33 @@ fn node_example_worker_rolls_over() {
         .is_ok_and(|(_, b)| b.contains("gen=2"))));
     assert!(h.stop().success());
 }
+
+#[test]
+fn python_example_worker_rolls_over() {
+    let server =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/python-worker/server.py");
+    let mut h = Handoff::start(
+        "python",
+        Opts {
+            args: s(&["--listen", "127.0.0.1:0", "--ready-timeout", "20s"]),
+            worker: vec!["python3".into(), server.display().to_string()],
+            ..Default::default()
+        },
+    );
+    let addr = h.addr();
+    let (code, body) = get(&addr, "/").unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("gen=1"), "{body}");
+    let (code, out, err) = h.reload_cli(&[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(wait_until(Duration::from_secs(5), || get(&addr, "/")
+        .is_ok_and(|(_, b)| b.contains("gen=2"))));
+    // The old worker drained and exited (SIGTERM handled, not killed).
+    h.wait_for(
+        Duration::from_secs(5),
+        |st| st.workers.len() == 1,
+        "old python worker gone",
+    );
+    assert!(!h.log().contains("ALERT"));
+    assert!(h.stop().success());
+}

@@ -35,10 +35,16 @@ fn take_inherited() -> anyhow::Result<Inherited> {
         Vec::new()
     };
     let notify_socket = std::env::var("NOTIFY_SOCKET").ok();
-    let mut watchdog_usec = 0u64;
-    let watchdog = sd_notify::watchdog_enabled(true, &mut watchdog_usec)
-        .then(|| std::time::Duration::from_micros(watchdog_usec))
-        .filter(|d| !d.is_zero());
+    // As libsystemd's sd_watchdog_enabled(): WATCHDOG_PID, when set, must be ours. (The
+    // sd-notify crate also requires it to be set, which systemd always does but a test
+    // harness cannot, not knowing our pid in advance.)
+    let pid_ok =
+        std::env::var("WATCHDOG_PID").map_or(true, |p| p == std::process::id().to_string());
+    let watchdog = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|u| u.parse::<u64>().ok())
+        .filter(|&u| u > 0 && pid_ok)
+        .map(std::time::Duration::from_micros);
     // SAFETY: single-threaded here (no runtime, no logger thread yet); nothing reads the
     // environment concurrently.
     #[allow(unsafe_code)]

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: build every binary, then the unit and integration tests
+# (real processes, real sockets on loopback), then the suites that need more of the machine:
+# the Egg example (Node.js) and the sandboxed systemd (root). Each part prints its own summary;
+# the script exits non-zero if any part failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+failed=()
+part() {
+  local name=$1; shift
+  echo
+  echo "==== $name: $*"
+  local t0=$SECONDS
+  if "$@"; then echo "==== $name: ok ($((SECONDS - t0)) s)"; else echo "==== $name: FAILED ($((SECONDS - t0)) s)"; failed+=("$name"); fi
+}
+
+# The integration tests drive the real binaries from target/debug: build them all first.
+part build cargo build --workspace --bins --locked
+part cargo-tests cargo test --workspace --locked
+[ -x tests/egg/run.sh ] && part egg tests/egg/run.sh
+if [ -x tests/systemd/run.sh ]; then
+  if [ "$(id -u)" = 0 ]; then part systemd tests/systemd/run.sh
+  else echo "==== systemd: SKIPPED (needs root to boot the sandboxed systemd)"; fi
+fi
+
+echo
+if [ ${#failed[@]} -eq 0 ]; then echo "ALL TEST PARTS PASSED"; else echo "FAILED PARTS: ${failed[*]}"; exit 1; fi
