@@ -6,10 +6,14 @@
 //  2. Report readiness once listening. Node cannot send unix datagrams, so this runs
 //     `systemd-notify --ready` (present wherever systemd is); handoff accepts datagrams from
 //     any descendant of the worker on the worker's own NOTIFY_SOCKET.
-//  3. On SIGTERM: server.close() (stop accepting; the socket itself stays open in handoff),
-//     finish in-flight requests, close idle keep-alive connections, exit.
+//  3. On SIGTERM: stop accepting (close our listening handle; the socket itself stays open in
+//     handoff and the new workers), answer requests still arriving on open keep-alive
+//     connections with `Connection: close`, close connections idle for a second, exit.
+//     Not plain server.close(): since Node 19 it also drops idle keep-alive connections at
+//     once, and a client sending its next request on one at that moment gets ECONNRESET.
 'use strict';
 const http = require('http');
+const net = require('net');
 const { execFile } = require('child_process');
 
 const count = Number(process.env.LISTEN_FDS || 0);
@@ -19,7 +23,13 @@ if (process.env.LISTEN_PID !== String(process.pid) || count < 1) {
 }
 const identity = `pid=${process.pid} gen=${process.env.HANDOFF_GENERATION || '-'} worker=${process.env.HANDOFF_WORKER || '-'} node=${process.version}`;
 
+let draining = false;
+const idleSince = new Map(); // open connection -> when it last finished a response (0: busy)
+
 function handler(req, res) {
+  idleSince.set(req.socket, 0);
+  if (draining) res.setHeader('Connection', 'close');
+  res.once('finish', () => idleSince.has(req.socket) && idleSince.set(req.socket, Date.now()));
   const slow = /^\/slow(?:\?ms=(\d+))?/.exec(req.url);
   const reply = () => {
     res.setHeader('Content-Type', 'text/plain');
@@ -33,6 +43,10 @@ let listening = 0;
 const servers = [];
 for (let i = 0; i < count; i++) {
   const server = http.createServer(handler);
+  server.on('connection', (socket) => {
+    idleSince.set(socket, Date.now());
+    socket.once('close', () => idleSince.delete(socket));
+  });
   servers.push(server);
   server.listen({ fd: 3 + i }, () => {
     if (++listening === count) notifyReady();
@@ -48,11 +62,14 @@ function notifyReady() {
 
 process.on('SIGTERM', () => {
   console.error(`node-worker ${identity}: SIGTERM: draining`);
-  let open = servers.length;
-  for (const server of servers) {
-    // close() stops accepting and waits for in-flight requests; idle keep-alive
-    // connections are closed now so they don't hold the drain open.
-    server.close(() => { if (--open === 0) process.exit(0); });
-    server.closeIdleConnections();
-  }
+  draining = true;
+  const since = Date.now();
+  for (const server of servers) net.Server.prototype.close.call(server); // stop accepting only
+  setInterval(() => {
+    const now = Date.now();
+    for (const [socket, idle] of idleSince) {
+      if (idle !== 0 && now - Math.max(idle, since) >= 1000) socket.destroy();
+    }
+    if (idleSince.size === 0) process.exit(0);
+  }, 50);
 });

@@ -1,10 +1,13 @@
 //! Test harness: a real `handoff run` in a temp dir, real clients on loopback.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use handoff::control::{self, Request, Response, StatusReport};
@@ -425,4 +428,65 @@ pub fn ready_pids(log: &str) -> std::collections::HashSet<i32> {
                 .and_then(|p| p.parse().ok())
         })
         .collect()
+}
+
+// ---- load ------------------------------------------------------------------------------
+
+#[derive(Default)]
+pub struct LoadStats {
+    pub ok: usize,
+    pub failures: Vec<String>,
+    /// pid -> generation seen in responses.
+    pub seen: HashMap<i32, u64>,
+}
+
+/// Runs `clients` new-connection and `clients` keep-alive loops until `stop`.
+pub fn load(
+    addr: &str,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<thread::JoinHandle<LoadStats>> {
+    let mut handles = Vec::new();
+    for i in 0..clients * 2 {
+        let addr = addr.to_string();
+        let stop = stop.clone();
+        handles.push(thread::spawn(move || {
+            let mut st = LoadStats::default();
+            let mut ka = KeepAlive::new(&addr);
+            // Bounded: at most 2 minutes of traffic even if the test forgets to stop us.
+            let t0 = Instant::now();
+            while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(120) {
+                let res = if i % 2 == 0 {
+                    get(&addr, "/")
+                } else {
+                    ka.get("/")
+                };
+                match res {
+                    Ok((200, body)) => {
+                        st.ok += 1;
+                        if let Some((pid, generation)) = parse_identity(&body) {
+                            st.seen.insert(pid, generation);
+                        }
+                    }
+                    Ok((code, body)) => st.failures.push(format!("HTTP {code}: {body}")),
+                    Err(e) => st.failures.push(e),
+                }
+            }
+            st
+        }));
+    }
+    handles
+}
+
+/// Stops the load and sums what the clients saw.
+pub fn finish_load(stop: &AtomicBool, clients: Vec<thread::JoinHandle<LoadStats>>) -> LoadStats {
+    stop.store(true, Ordering::Relaxed);
+    let mut total = LoadStats::default();
+    for c in clients {
+        let st = c.join().unwrap();
+        total.ok += st.ok;
+        total.failures.extend(st.failures);
+        total.seen.extend(st.seen);
+    }
+    total
 }

@@ -452,3 +452,72 @@ fn a_worker_that_exits_0_at_once_is_a_failed_start() {
     );
     assert!(h.stop().success());
 }
+
+#[test]
+fn workers_run_as_the_configured_user_and_can_still_notify() {
+    if !nix::unistd::getuid().is_root()
+        || nix::unistd::User::from_name("nobody")
+            .ok()
+            .flatten()
+            .is_none()
+    {
+        eprintln!("SKIP: needs root and a `nobody` user");
+        return;
+    }
+    let reports = TempDir::new("asuser");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(reports.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut h = start_fixture(
+        "asuser",
+        &["--user", "nobody", "--ready-timeout", "5s"],
+        vec![("FIXTURE_REPORT_DIR", reports.path().display().to_string())],
+    );
+    // It got ready: READY=1 from uid 65534 reached its own notify socket.
+    let pid = h.status().unwrap().workers[0].pid;
+    let f = reports.path().join(format!("{pid}.json"));
+    assert!(wait_until(Duration::from_secs(5), || f.exists()));
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let uid = nobody.uid.as_raw().to_string();
+    assert!(
+        r["uid"]
+            .as_str()
+            .unwrap()
+            .split_whitespace()
+            .all(|u| u == uid),
+        "uid: {}",
+        r["uid"]
+    );
+    assert!(
+        !r["groups"]
+            .as_str()
+            .unwrap_or("")
+            .split_whitespace()
+            .any(|g| g == "0"),
+        "kept root's groups: {}",
+        r["groups"]
+    );
+    assert_eq!(r["env"]["USER"], "nobody");
+    // handoff itself stays root (it must signal and reap the workers) and rollovers work.
+    assert_eq!(h.reload_cli(&[]).0, 0);
+    assert!(h.stop().success());
+    // An unknown user is a config error.
+    let out = Command::new(handoff_bin())
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--user",
+            "no-such-user-xyz",
+            "--",
+            "/bin/true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,6 +1,6 @@
 //! Rollovers: under load, rolled back, drained, rolling, coalesced.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
@@ -16,48 +16,6 @@ fn example_worker() -> Vec<String> {
 
 fn fixture() -> Vec<String> {
     vec![bin("handoff-fixture").display().to_string()]
-}
-
-#[derive(Default)]
-struct LoadStats {
-    ok: usize,
-    failures: Vec<String>,
-    /// pid -> generation seen in responses.
-    seen: HashMap<i32, u64>,
-}
-
-/// Runs `clients` new-connection and `clients` keep-alive loops until `stop`.
-fn load(addr: &str, clients: usize, stop: Arc<AtomicBool>) -> Vec<thread::JoinHandle<LoadStats>> {
-    let mut handles = Vec::new();
-    for i in 0..clients * 2 {
-        let addr = addr.to_string();
-        let stop = stop.clone();
-        handles.push(thread::spawn(move || {
-            let mut st = LoadStats::default();
-            let mut ka = KeepAlive::new(&addr);
-            // Bounded: at most 2 minutes of traffic even if the test forgets to stop us.
-            let t0 = Instant::now();
-            while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(120) {
-                let res = if i % 2 == 0 {
-                    get(&addr, "/")
-                } else {
-                    ka.get("/")
-                };
-                match res {
-                    Ok((200, body)) => {
-                        st.ok += 1;
-                        if let Some((pid, generation)) = parse_identity(&body) {
-                            st.seen.insert(pid, generation);
-                        }
-                    }
-                    Ok((code, body)) => st.failures.push(format!("HTTP {code}: {body}")),
-                    Err(e) => st.failures.push(e),
-                }
-            }
-            st
-        }));
-    }
-    handles
 }
 
 #[test]
@@ -91,14 +49,7 @@ fn twenty_rollovers_under_load_fail_no_request() {
         thread::sleep(Duration::from_millis(50));
     }
     thread::sleep(Duration::from_millis(200));
-    stop.store(true, Ordering::Relaxed);
-    let mut total = LoadStats::default();
-    for c in clients {
-        let st = c.join().unwrap();
-        total.ok += st.ok;
-        total.failures.extend(st.failures);
-        total.seen.extend(st.seen);
-    }
+    let total = finish_load(&stop, clients);
     assert_eq!(generations, (2..=21).collect::<Vec<u64>>());
     let log = h.log();
     let ready = ready_pids(&log);

@@ -222,10 +222,36 @@ fn node_example_worker_rolls_over() {
     let (code, body) = get(&addr, "/").unwrap();
     assert_eq!(code, 200);
     assert!(body.contains("gen=1"), "{body}");
-    let (code, out, err) = h.reload_cli(&[]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(wait_until(Duration::from_secs(5), || get(&addr, "/")
-        .is_ok_and(|(_, b)| b.contains("gen=2"))));
+    // Five rollovers under keep-alive and new-connection load: nothing may fail.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = load(&addr, 2, stop.clone());
+    for _ in 0..5 {
+        let (code, out, err) = h.reload_cli(&[]);
+        assert_eq!(code, 0, "{out}{err}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let total = finish_load(&stop, clients);
+    eprintln!(
+        "node worker: {} requests ok, {} failed over 5 rollovers",
+        total.ok,
+        total.failures.len()
+    );
+    assert!(
+        total.failures.is_empty(),
+        "{:?}",
+        &total.failures[..total.failures.len().min(5)]
+    );
+    assert!(
+        total.seen.values().any(|g| *g == 6),
+        "generation 6 never answered"
+    );
+    // Old workers drained on their own (no drain-timeout kill).
+    h.wait_for(
+        Duration::from_secs(10),
+        |st| st.workers.len() == 2,
+        "old node workers gone",
+    );
+    assert!(!h.log().contains("ALERT"), "{}", h.log());
     assert!(h.stop().success());
 }
 

@@ -74,6 +74,12 @@ pub struct RunArgs {
     /// The app's version file (package.json): recorded per generation, used by reload --if-changed.
     #[arg(long, value_name = "PATH")]
     pub version_file: Option<PathBuf>,
+    /// Run workers as this user (name or uid); needs handoff to run as root.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Primary group of the workers (name or gid) [default: the user's].
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
     /// The worker command, exec'd directly (no shell).
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -95,6 +101,8 @@ impl RunArgs {
             on_drain_timeout: self.on_drain_timeout.clone(),
             version_file: self.version_file.clone(),
             command: (!self.command.is_empty()).then(|| self.command.clone()),
+            user: self.user.clone(),
+            group: self.group.clone(),
         }
     }
 }

@@ -56,6 +56,10 @@ pub struct Settings {
     pub on_drain_timeout: Option<String>,
     pub version_file: Option<PathBuf>,
     pub command: Vec<String>,
+    /// Run workers as this user (name or uid); handoff itself stays root.
+    pub user: Option<String>,
+    /// Run workers with this primary group (name or gid) [default: the user's].
+    pub group: Option<String>,
 }
 
 /// Every setting, each optional: what one source (file or command line) said.
@@ -73,6 +77,8 @@ pub struct Options {
     pub on_drain_timeout: Option<String>,
     pub version_file: Option<PathBuf>,
     pub command: Option<Vec<String>>,
+    pub user: Option<String>,
+    pub group: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +122,8 @@ impl Options {
             on_drain_timeout: over.on_drain_timeout.or(self.on_drain_timeout),
             version_file: over.version_file.or(self.version_file),
             command: over.command.or(self.command),
+            user: over.user.or(self.user),
+            group: over.group.or(self.group),
         }
     }
 
@@ -142,6 +150,8 @@ impl Options {
             on_drain_timeout: self.on_drain_timeout.filter(|s| !s.trim().is_empty()),
             version_file: self.version_file,
             command,
+            user: self.user,
+            group: self.group,
         })
     }
 }
@@ -251,6 +261,8 @@ struct RawFile {
     on_drain_timeout: Option<String>,
     version_file: Option<PathBuf>,
     command: Option<Spanned<Vec<String>>>,
+    user: Option<String>,
+    group: Option<String>,
 }
 
 /// Reads and parses a config file.
@@ -337,6 +349,8 @@ pub fn parse_str(text: &str, file: &str) -> Result<Options, ConfigError> {
     o.runtime_dir = raw.runtime_dir;
     o.on_drain_timeout = raw.on_drain_timeout;
     o.version_file = raw.version_file;
+    o.user = raw.user;
+    o.group = raw.group;
     Ok(o)
 }
 
@@ -385,6 +399,8 @@ control = "/run/app/control.sock"
 on_drain_timeout = "mail -s drain admin"
 version_file = "/opt/app/package.json"
 command = ["node", "server.js"]
+user = "app"
+group = "app"
 "#,
             "app.toml",
         )
@@ -399,6 +415,7 @@ command = ["node", "server.js"]
         assert_eq!(s.drain_signal, Signal::SIGQUIT);
         assert!(s.rolling);
         assert_eq!(s.command, vec!["node", "server.js"]);
+        assert_eq!(s.user.as_deref(), Some("app"));
     }
 
     #[test]

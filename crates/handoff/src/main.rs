@@ -131,7 +131,14 @@ fn run(args: RunArgs, inh: Inherited) -> i32 {
             return exit::CONFIG;
         }
     };
-    match prepare_and_run(settings, inh) {
+    let credentials = match worker_credentials(&settings) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return exit::CONFIG;
+        }
+    };
+    match prepare_and_run(settings, credentials, inh) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -140,7 +147,28 @@ fn run(args: RunArgs, inh: Inherited) -> i32 {
     }
 }
 
-fn prepare_and_run(settings: config::Settings, inh: Inherited) -> anyhow::Result<i32> {
+/// Who workers run as (`user =`, `group =`): unknown names are config errors.
+fn worker_credentials(
+    settings: &config::Settings,
+) -> Result<Option<handoff::spawn::Credentials>, String> {
+    let Some(user) = &settings.user else {
+        return Ok(None);
+    };
+    let c = handoff::spawn::Credentials::resolve(user, settings.group.as_deref())
+        .map_err(|e| format!("user = {user:?}: {e}"))?;
+    if !nix::unistd::getuid().is_root() && c.uid != nix::unistd::getuid().as_raw() {
+        return Err(format!(
+            "user = {user:?}: handoff must run as root to start workers as another user"
+        ));
+    }
+    Ok(Some(c))
+}
+
+fn prepare_and_run(
+    settings: config::Settings,
+    credentials: Option<handoff::spawn::Credentials>,
+    inh: Inherited,
+) -> anyhow::Result<i32> {
     let listeners = if inh.activated.is_empty() {
         if settings.listen.is_empty() {
             anyhow::bail!(
@@ -161,7 +189,7 @@ fn prepare_and_run(settings: config::Settings, inh: Inherited) -> anyhow::Result
         .runtime_dir
         .clone()
         .unwrap_or_else(control::default_runtime_dir);
-    supervisor::make_private_dir(&runtime_dir)
+    supervisor::make_private_dir(&runtime_dir, credentials.is_some())
         .with_context(|| format!("cannot create runtime dir {}", runtime_dir.display()))?;
     let control_path = settings
         .control
@@ -176,6 +204,7 @@ fn prepare_and_run(settings: config::Settings, inh: Inherited) -> anyhow::Result
         watchdog: inh.watchdog,
         runtime_dir,
         control_path,
+        credentials,
     };
     // One thread: the supervisor is a single state machine, and fork is simplest to reason
     // about with no other threads running Rust code.

@@ -28,6 +28,64 @@ pub struct WorkerSpec<'a> {
     pub listeners: &'a [BorrowedFd<'a>],
     /// Sent to the worker if handoff dies, so an orphaned worker drains instead of serving on.
     pub parent_death_signal: Signal,
+    /// Switch to this user and groups before exec (`user =` / `group =`).
+    pub credentials: Option<&'a Credentials>,
+}
+
+/// Who workers run as, resolved once at start (name lookups are not fork-safe).
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (the user's, as initgroups would set them).
+    pub groups: Vec<libc::gid_t>,
+    pub name: String,
+    pub home: PathBuf,
+}
+
+impl Credentials {
+    /// Looks up `user` (name or uid) and `group` (name or gid; default: the user's group).
+    pub fn resolve(user: &str, group: Option<&str>) -> Result<Credentials, String> {
+        use nix::unistd::{Gid, Group, Uid, User};
+        let by_name =
+            User::from_name(user).map_err(|e| format!("looking up user {user:?}: {e}"))?;
+        let u = match by_name {
+            Some(u) => u,
+            None => match user.parse::<u32>() {
+                Ok(uid) => User::from_uid(Uid::from_raw(uid))
+                    .map_err(|e| format!("looking up uid {uid}: {e}"))?
+                    .ok_or_else(|| format!("no user with uid {uid}"))?,
+                Err(_) => return Err(format!("unknown user {user:?}")),
+            },
+        };
+        let gid = match group {
+            None => u.gid,
+            Some(g) => {
+                match Group::from_name(g).map_err(|e| format!("looking up group {g:?}: {e}"))? {
+                    Some(gr) => gr.gid,
+                    None => match g.parse::<u32>() {
+                        Ok(n) => Gid::from_raw(n),
+                        Err(_) => return Err(format!("unknown group {g:?}")),
+                    },
+                }
+            }
+        };
+        let cname =
+            CString::new(u.name.as_bytes()).map_err(|_| "user name with NUL".to_string())?;
+        let mut groups: Vec<libc::gid_t> = nix::unistd::getgrouplist(&cname, gid)
+            .map_err(|e| format!("supplementary groups of {user:?}: {e}"))?
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect();
+        groups.dedup();
+        Ok(Credentials {
+            uid: u.uid.as_raw(),
+            gid: gid.as_raw(),
+            groups,
+            name: u.name,
+            home: u.dir,
+        })
+    }
 }
 
 /// Finds `name` on `PATH` (when it has no slash), so a missing program is reported by handoff
@@ -112,6 +170,7 @@ pub fn spawn_worker(spec: &WorkerSpec) -> io::Result<Pid> {
         .map(|(soft, _)| soft.min(65536) as RawFd)
         .unwrap_or(1024);
     let parent = nix::unistd::getpid();
+    let creds = spec.credentials;
     let death_signal = spec.parent_death_signal as libc::c_int;
 
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -133,6 +192,21 @@ pub fn spawn_worker(spec: &WorkerSpec) -> io::Result<Pid> {
             );
             if libc::getppid() != parent.as_raw() {
                 libc::_exit(1); // handoff died between fork and prctl
+            }
+            if let Some(c) = creds {
+                // Groups first, then gid, then uid (after setuid we could not change them).
+                // Raw syscalls: glibc's wrappers would try to sync other threads, of which
+                // the child has none.
+                if libc::syscall(
+                    libc::SYS_setgroups,
+                    c.groups.len() as libc::c_long,
+                    c.groups.as_ptr() as libc::c_long,
+                ) != 0
+                    || libc::syscall(libc::SYS_setgid, c.gid as libc::c_long) != 0
+                    || libc::syscall(libc::SYS_setuid, c.uid as libc::c_long) != 0
+                {
+                    child_fail(err_w_raw);
+                }
             }
             // Raw syscalls, not glibc's wrappers: those refuse to touch the two real-time
             // signals glibc reserves (32, 33), and an ancestor of handoff may have left them
@@ -273,6 +347,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn resolves_users_and_groups() {
+        let root = Credentials::resolve("root", None).unwrap();
+        assert_eq!((root.uid, root.gid), (0, 0));
+        assert_eq!(Credentials::resolve("0", Some("0")).unwrap().name, "root");
+        assert!(
+            Credentials::resolve("no-such-user-xyz", None)
+                .unwrap_err()
+                .contains("unknown user")
+        );
+        assert!(
+            Credentials::resolve("root", Some("no-such-group-xyz"))
+                .unwrap_err()
+                .contains("unknown group")
+        );
+    }
+
+    #[test]
     fn decimal_writer() {
         let mut buf = [0xffu8; 24];
         unsafe { write_decimal(buf.as_mut_ptr(), 0) };
@@ -303,6 +394,7 @@ mod tests {
             env: &[],
             listeners: &[],
             parent_death_signal: Signal::SIGTERM,
+            credentials: None,
         };
         let err = spawn_worker(&spec).unwrap_err();
         assert!(err.to_string().contains("cannot execute"), "{err}");

@@ -62,6 +62,8 @@ pub struct Runtime {
     pub watchdog: Option<Duration>,
     pub runtime_dir: PathBuf,
     pub control_path: PathBuf,
+    /// Who workers run as, when `user =` is set.
+    pub credentials: Option<spawn::Credentials>,
 }
 
 type WorkerId = u64;
@@ -178,7 +180,7 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
     // Only one handoff owns a control socket, so its notify dir is ours to clear.
     let notify_dir = rt.runtime_dir.join("notify");
     let _ = std::fs::remove_dir_all(&notify_dir);
-    make_private_dir(&notify_dir)?;
+    make_private_dir(&notify_dir, rt.credentials.is_some())?;
 
     let (control_tx, mut control_rx) = mpsc::channel::<Command>(64);
     let control_task = tokio::spawn(control::serve(control_listener, control_tx));
@@ -246,15 +248,18 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
     Ok(code)
 }
 
-/// Creates `dir` with mode 0700 (and its parents as needed).
-pub fn make_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+/// Creates `dir` with mode 0700 (and its parents as needed). With `traversable`, 0711: workers
+/// running as another user must reach their own notify socket inside (the socket file itself
+/// is theirs alone, mode 0600); nobody else can list the directory.
+pub fn make_private_dir(dir: &std::path::Path, traversable: bool) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let mode = if traversable { 0o711 } else { 0o700 };
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(mode)
         .create(dir)?;
     // An existing dir keeps its mode under create(): force it.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
 }
 
 fn describe_exit(status: &WaitStatus) -> String {
@@ -311,8 +316,27 @@ impl Supervisor {
             }
         };
         let sock_path = self.notify_dir.join(format!("g{generation}-w{slot}-{id}"));
-        let sock = NotifySocket::bind(&sock_path, vec![0, nix::unistd::getuid().as_raw()])
+        let mut allowed = vec![0, nix::unistd::getuid().as_raw()];
+        if let Some(c) = &self.rt.credentials {
+            allowed.push(c.uid);
+        }
+        let sock = NotifySocket::bind(&sock_path, allowed)
             .map_err(|e| format!("cannot create notify socket {}: {e}", sock_path.display()))?;
+        if let Some(c) = &self.rt.credentials {
+            // The worker's user alone may send to it.
+            use std::os::unix::fs::PermissionsExt;
+            std::os::unix::fs::chown(&sock_path, Some(c.uid), Some(c.gid))
+                .and_then(|_| {
+                    std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o600))
+                })
+                .map_err(|e| {
+                    format!(
+                        "cannot hand notify socket {} to {}: {e}",
+                        sock_path.display(),
+                        c.name
+                    )
+                })?;
+        }
         let mut env: Vec<(OsString, OsString)> = self
             .rt
             .base_env
@@ -343,6 +367,13 @@ impl Supervisor {
         env.push(("NOTIFY_SOCKET".into(), sock_path.clone().into_os_string()));
         env.push(("HANDOFF_GENERATION".into(), generation.to_string().into()));
         env.push(("HANDOFF_WORKER".into(), slot.to_string().into()));
+        if let Some(c) = &self.rt.credentials {
+            // What a login (or systemd's User=) would set; the rest passes through.
+            env.retain(|(k, _)| !matches!(k.to_str(), Some("USER" | "LOGNAME" | "HOME")));
+            env.push(("USER".into(), c.name.clone().into()));
+            env.push(("LOGNAME".into(), c.name.clone().into()));
+            env.push(("HOME".into(), c.home.clone().into_os_string()));
+        }
         let fds: Vec<_> = self.rt.listeners.iter().map(|l| l.fd()).collect();
         let spec = WorkerSpec {
             program: &program,
@@ -350,6 +381,7 @@ impl Supervisor {
             env: &env,
             listeners: &fds,
             parent_death_signal: self.rt.settings.drain_signal,
+            credentials: self.rt.credentials.as_ref(),
         };
         let pid = spawn::spawn_worker(&spec).map_err(|e| e.to_string())?;
         let now = Self::now();

@@ -57,6 +57,9 @@ fn report() {
         "env": env,
         "sig_blocked": field("SigBlk:"),
         "sig_ignored": field("SigIgn:"),
+        "uid": field("Uid:"),
+        "gid": field("Gid:"),
+        "groups": field("Groups:"),
     });
     let tmp = format!("{dir}/{pid}.tmp");
     std::fs::write(&tmp, r.to_string()).expect("write report");
