@@ -287,8 +287,19 @@ pub fn steady_fd_count(pid: i32) -> usize {
         .unwrap()
 }
 
-/// Children of `pid` that are zombies.
+/// Children of `pid` that stay zombies: a child that just exited is a zombie until handoff
+/// handles its SIGCHLD, so only those still unreaped 300 ms later count.
 pub fn zombie_children(pid: i32) -> Vec<i32> {
+    let first = zombies_now(pid);
+    if first.is_empty() {
+        return first;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let second = zombies_now(pid);
+    first.into_iter().filter(|p| second.contains(p)).collect()
+}
+
+fn zombies_now(pid: i32) -> Vec<i32> {
     let mut z = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {

@@ -481,3 +481,66 @@ group = "app"
         assert_eq!(parse_workers("8").unwrap(), 8);
     }
 }
+
+/// Property tests: any config text gives settings or an error naming a line, never a panic.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    const KEYS: &[&str] = &[
+        "listen",
+        "workers",
+        "ready",
+        "ready_timeout",
+        "drain_timeout",
+        "drain_signal",
+        "rolling",
+        "control",
+        "runtime_dir",
+        "on_drain_timeout",
+        "version_file",
+        "command",
+        "user",
+        "group",
+        "bogus",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,300}") {
+            if let Err(e) = parse_str(&text, "f.toml") {
+                prop_assert!(e.to_string().starts_with("f.toml"), "{}", e);
+            }
+        }
+
+        #[test]
+        fn errors_point_at_the_offending_line(
+            good in proptest::collection::vec(0usize..3, 0..5),
+            key in 0usize..KEYS.len(),
+            value in prop_oneof!["\"[a-z0-9 :]{0,12}\"", "-?[0-9]{1,6}", Just("true".to_string()), Just("[1, 2]".to_string())],
+        ) {
+            // Valid lines first, then one random assignment: if it fails, the error names its line.
+            let valid = ["workers = 2", "rolling = false", "drain_timeout = \"5s\""];
+            let mut text: Vec<String> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for g in good {
+                if seen.insert(g) {
+                    text.push(valid[g].to_string());
+                }
+            }
+            let line_no = text.len() + 1;
+            let k = KEYS[key];
+            if text.iter().any(|l| l.starts_with(&format!("{k} "))) {
+                return Ok(());
+            }
+            text.push(format!("{k} = {value}"));
+            if let Err(e) = parse_str(&text.join("\n"), "f.toml") {
+                let msg = e.to_string();
+                prop_assert!(msg.starts_with(&format!("f.toml:{line_no}: key `{k}`")), "{}", msg);
+            }
+        }
+    }
+}

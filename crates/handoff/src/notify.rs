@@ -367,3 +367,39 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// Property tests: the parser faces whatever any process on the machine sends.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn never_panics_on_arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..6000)) {
+            let _ = parse(&data);
+        }
+
+        #[test]
+        fn well_formed_datagrams_parse_and_ready_is_found(
+            lines in proptest::collection::vec(("[A-Z_]{1,20}", "[ -~]{0,40}"), 0..20),
+            ready_at in any::<prop::sample::Index>(),
+        ) {
+            let mut lines: Vec<String> = lines.into_iter().filter(|(k, _)| k != "READY").map(|(k, v)| format!("{k}={v}")).collect();
+            let at = ready_at.index(lines.len() + 1);
+            lines.insert(at, "READY=1".into());
+            let text = lines.join("\n");
+            prop_assume!(text.len() <= MAX_DATAGRAM);
+            let m = parse(text.as_bytes()).unwrap();
+            prop_assert!(m.ready);
+        }
+
+        #[test]
+        fn a_line_without_equals_rejects_the_datagram(good in "[A-Z]{1,8}=[a-z]{0,8}", bad in "[A-Za-z ]{1,16}") {
+            let text = format!("{good}\n{bad}");
+            prop_assert!(matches!(parse(text.as_bytes()), Err(ParseError::NoEquals(_))));
+        }
+    }
+}

@@ -96,7 +96,17 @@ struct Worker {
     status: Option<String>,
     errno: Option<i32>,
     notify_task: Option<AbortHandle>,
+    /// Pending timers for this worker (ready or drain deadline, delayed readiness).
+    timers: Vec<AbortHandle>,
     killed: bool,
+}
+
+impl Worker {
+    fn cancel_timers(&mut self) {
+        for t in self.timers.drain(..) {
+            t.abort();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -106,6 +116,17 @@ struct Slot {
     restart_at: Option<Instant>,
     /// Bumped whenever a pending restart is superseded, so stale timers are ignored.
     restart_token: u64,
+    restart_timer: Option<AbortHandle>,
+}
+
+impl Slot {
+    fn cancel_restart(&mut self) {
+        self.restart_token += 1;
+        self.restart_at = None;
+        if let Some(t) = self.restart_timer.take() {
+            t.abort();
+        }
+    }
 }
 
 struct Waiter {
@@ -285,14 +306,16 @@ impl Supervisor {
         Instant::now()
     }
 
-    /// Sends `ev` to the loop at `at`. Timers are never cancelled: handlers check that the
-    /// state they were armed for still holds.
-    fn at(&self, at: Instant, ev: Event) {
+    /// Sends `ev` to the loop at `at`. Handlers still check that the state the timer was armed
+    /// for holds; the returned handle lets the owner cancel it early, so that fast rollovers
+    /// do not pile up sleeping tasks until their (long) timeouts.
+    fn at(&self, at: Instant, ev: Event) -> AbortHandle {
         let tx = self.events.clone();
         tokio::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
             let _ = tx.send(ev).await;
-        });
+        })
+        .abort_handle()
     }
 
     // ---- starting workers ------------------------------------------------------------------
@@ -422,14 +445,16 @@ impl Supervisor {
                 status: None,
                 errno: None,
                 notify_task: Some(task.abort_handle()),
+                timers: Vec::new(),
                 killed: false,
             },
         );
         info!(gen = generation, worker = slot, pid = pid.as_raw(), "worker started");
-        self.at(deadline, Event::ReadyDeadline(id));
+        let mut timers = vec![self.at(deadline, Event::ReadyDeadline(id))];
         if let ReadyMode::Delay(d) = self.rt.settings.ready {
-            self.at(now + d, Event::DelayReady(id));
+            timers.push(self.at(now + d, Event::DelayReady(id)));
         }
+        self.workers.get_mut(&id).expect("worker").timers = timers;
         Ok(id)
     }
 
@@ -583,8 +608,7 @@ impl Supervisor {
             let slot = self.workers[&id].slot;
             let old = self.slots[slot].worker.replace(id);
             // A restart pending for this slot is moot now.
-            self.slots[slot].restart_token += 1;
-            self.slots[slot].restart_at = None;
+            self.slots[slot].cancel_restart();
             if let Some(old) = old {
                 self.drain(old, "replaced");
             }
@@ -717,7 +741,13 @@ impl Supervisor {
         if let Err(e) = signal::kill(w.pid, signal) {
             debug!(pid = w.pid.as_raw(), "drain signal: {e}");
         }
-        self.at(Self::now() + timeout, Event::DrainDeadline(id));
+        w.cancel_timers();
+        let timer = self.at(Self::now() + timeout, Event::DrainDeadline(id));
+        self.workers
+            .get_mut(&id)
+            .expect("worker")
+            .timers
+            .push(timer);
     }
 
     fn drain_deadline(&mut self, id: WorkerId) {
@@ -821,7 +851,12 @@ impl Supervisor {
             let new = Self::now() + ext;
             if new > w.ready_deadline {
                 w.ready_deadline = new;
-                self.at(new, Event::ReadyDeadline(id));
+                let timer = self.at(new, Event::ReadyDeadline(id));
+                self.workers
+                    .get_mut(&id)
+                    .expect("worker")
+                    .timers
+                    .push(timer);
             }
         }
         let w = &self.workers[&id];
@@ -835,6 +870,7 @@ impl Supervisor {
 
     fn mark_ready(&mut self, id: WorkerId) {
         let w = self.workers.get_mut(&id).expect("worker");
+        w.cancel_timers();
         w.state = WorkerState::Ready;
         w.ready_at = Some(Self::now());
         info!(
@@ -930,10 +966,11 @@ impl Supervisor {
             );
             return;
         };
-        let w = self.workers.remove(&id).expect("worker");
+        let mut w = self.workers.remove(&id).expect("worker");
         if let Some(t) = &w.notify_task {
             t.abort();
         }
+        w.cancel_timers();
         // Whatever the worker left in its process group (a grandchild still holding the
         // listening socket, say) goes with it.
         let _ = signal::killpg(w.pid, Signal::SIGKILL);
@@ -984,7 +1021,7 @@ impl Supervisor {
             .saturating_mul(1u32 << s.crashes.min(16))
             .min(RESTART_MAX);
         s.crashes += 1;
-        s.restart_token += 1;
+        s.cancel_restart();
         let at = Self::now() + delay;
         s.restart_at = Some(at);
         info!(
@@ -994,7 +1031,8 @@ impl Supervisor {
             human(delay)
         );
         let token = s.restart_token;
-        self.at(at, Event::Restart { slot, token });
+        let timer = self.at(at, Event::Restart { slot, token });
+        self.slots[slot].restart_timer = Some(timer);
     }
 
     fn restart_slot(&mut self, slot: usize, token: u64) {
@@ -1003,6 +1041,7 @@ impl Supervisor {
             return;
         }
         self.slots[slot].restart_at = None;
+        self.slots[slot].restart_timer = None;
         match self.spawn_worker(slot, self.current_generation) {
             Ok(id) => self.slots[slot].worker = Some(id),
             Err(e) => {
@@ -1043,8 +1082,7 @@ impl Supervisor {
         }
         for s in &mut self.slots {
             s.worker = None;
-            s.restart_token += 1;
-            s.restart_at = None;
+            s.cancel_restart();
         }
     }
 

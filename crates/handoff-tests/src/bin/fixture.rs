@@ -6,7 +6,9 @@
 //! `ignore-term` (READY=1 then ignore SIGTERM), `grandchild` (READY=1, leaves a `sleep` holding
 //! the sockets behind on SIGTERM), `exit0` (exit 0 at once), `crash-after-ready`
 //! (READY=1, exit 1 after FIXTURE_MS), `noise` (sends malformed datagrams before READY=1),
-//! `extend` (asks for 2×FIXTURE_MS with EXTEND_TIMEOUT_USEC=, READY=1 after FIXTURE_MS).
+//! `extend` (asks for 2×FIXTURE_MS with EXTEND_TIMEOUT_USEC=, READY=1 after FIXTURE_MS),
+//! `spew` (READY=1, then ~1 MiB/s to stdout), `flood` (FIXTURE_MS×1000 junk datagrams, then
+//! READY=1).
 //! The mode is read from `FIXTURE_MODE_FILE` if set (so a test can "release" a new behaviour),
 //! else `FIXTURE_MODE`; `FIXTURE_READY_DELAY_MS` delays everything, like a slow boot.
 
@@ -160,6 +162,35 @@ fn main() {
             notify(&format!("EXTEND_TIMEOUT_USEC={}", ms * 2000));
             std::thread::sleep(Duration::from_millis(ms));
             notify("READY=1");
+            wait_term();
+        }
+        "spew" => {
+            // READY=1, then about 1 MiB/s of output to stdout until stopped.
+            notify("READY=1");
+            std::thread::spawn(|| {
+                use std::io::Write;
+                let line = [b'x'; 1023];
+                let mut out = std::io::stdout().lock();
+                loop {
+                    for _ in 0..100 {
+                        let _ = out.write_all(&line);
+                        let _ = out.write_all(b"\n");
+                    }
+                    let _ = out.flush();
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+            wait_term();
+        }
+        "flood" => {
+            // FIXTURE_MS thousand junk datagrams at our own notify socket, then READY=1: the
+            // kernel queue makes us wait for handoff to read them, so READY=1 comes last.
+            let path = std::env::var("NOTIFY_SOCKET").unwrap();
+            let s = UnixDatagram::unbound().expect("socket");
+            for i in 0..ms * 1000 {
+                let _ = s.send_to(if i % 2 == 0 { b"STATUS=flood" } else { b"junk" }, &path);
+            }
+            notify("READY=1\nSTATUS=after the flood");
             wait_term();
         }
         other => {
