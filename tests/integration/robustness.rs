@@ -744,3 +744,25 @@ fn secrets_in_the_environment_stay_out_of_the_logs() {
         "a secret from the environment reached the log"
     );
 }
+
+#[test]
+fn under_journald_log_lines_carry_no_timestamp() {
+    let mut h = start_fixture("journal", &[], vec![("JOURNAL_STREAM", "8:12345".into())]);
+    assert!(h.stop().success());
+    let log = h.log();
+    let first = log.lines().next().expect("some log output");
+    assert!(
+        first.trim_start().starts_with("INFO"),
+        "timestamped under journald: {first:?}"
+    );
+    assert!(
+        !log.contains("\u{1b}["),
+        "ANSI colours in a non-terminal log"
+    );
+    // Fields name the generation and the worker pid.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("worker ready") && l.contains("gen=1") && l.contains("pid=")),
+        "{log}"
+    );
+}

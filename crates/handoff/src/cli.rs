@@ -33,6 +33,41 @@ pub enum Sub {
     Reload(ReloadArgs),
     /// Show generations, workers and the last rollover.
     Status(StatusArgs),
+    /// Write man pages (handoff.1, handoff-run.1, ...) into DIR; used by packaging.
+    #[command(hide = true)]
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
+    /// Print a shell completion script (bash, zsh, fish, ...).
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Writes `handoff.1` and one page per subcommand into `dir`.
+pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let cmd = Cli::command();
+    let mut written = Vec::new();
+    let mut render = |c: clap::Command, name: String| -> std::io::Result<()> {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(c.name(name.clone())).render(&mut out)?;
+        std::fs::write(&path, out)?;
+        written.push(path);
+        Ok(())
+    };
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        render(sub.clone(), format!("handoff-{}", sub.get_name()))?;
+    }
+    render(cmd, "handoff".into())?;
+    Ok(written)
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +170,31 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn man_pages_cover_every_subcommand() {
+        let dir = std::env::temp_dir().join(format!("handoff-man-{}", std::process::id()));
+        let pages = write_man_pages(&dir).unwrap();
+        let names: Vec<String> = pages
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into())
+            .collect();
+        for want in [
+            "handoff.1",
+            "handoff-run.1",
+            "handoff-reload.1",
+            "handoff-status.1",
+            "handoff-completions.1",
+        ] {
+            assert!(names.contains(&want.to_string()), "{names:?}");
+        }
+        let run = std::fs::read_to_string(dir.join("handoff-run.1")).unwrap();
+        assert!(
+            run.contains("drain\\-timeout"),
+            "options missing from the run page"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

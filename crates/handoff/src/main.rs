@@ -101,6 +101,28 @@ fn main() -> ExitCode {
         }
         Sub::Reload(args) => reload(args.control, args.if_changed),
         Sub::Status(args) => status(args.control, args.json),
+        Sub::Man { dir } => match handoff::cli::write_man_pages(&dir) {
+            Ok(pages) => {
+                for p in pages {
+                    println!("{}", p.display());
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("handoff: writing man pages to {}: {e}", dir.display());
+                exit::SOFTWARE
+            }
+        },
+        Sub::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "handoff",
+                &mut std::io::stdout(),
+            );
+            0
+        }
     };
     ExitCode::from(code as u8)
 }
