@@ -30,6 +30,43 @@ pub struct WorkerSpec<'a> {
     pub parent_death_signal: Signal,
     /// Switch to this user and groups before exec (`user =` / `group =`).
     pub credentials: Option<&'a Credentials>,
+    /// Connect stdout/stderr to journald under this identifier (see [`JournalStream`]).
+    pub journal: Option<&'a JournalStream>,
+}
+
+/// A journald stdout stream for a worker, opened by the child itself after fork, so the
+/// journal records the worker's own pid and unit, under an identifier that names its
+/// generation (`node@g7`). This is the protocol systemd uses for a service's stdout.
+pub struct JournalStream {
+    addr: libc::sockaddr_un,
+    addr_len: libc::socklen_t,
+    /// The stream header: identifier, unit id, priority, level prefix, forwarding flags.
+    header: Vec<u8>,
+}
+
+impl JournalStream {
+    pub const SOCKET: &'static str = "/run/systemd/journal/stdout";
+
+    pub fn new(identifier: &str) -> JournalStream {
+        // SAFETY: sockaddr_un is plain old data; all-zero is a valid (empty) value.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let path = Self::SOCKET.as_bytes();
+        for (i, b) in path.iter().enumerate() {
+            addr.sun_path[i] = *b as libc::c_char;
+        }
+        let addr_len =
+            (std::mem::size_of::<libc::sa_family_t>() + path.len() + 1) as libc::socklen_t;
+        let ident: String = identifier.chars().filter(|c| !c.is_control()).collect();
+        // identifier, unit id (empty: journald derives it), priority 6 (info), level prefix on
+        // (a line starting "<3>" is an error), no syslog/kmsg/console forwarding.
+        let header = format!("{ident}\n\n6\n1\n0\n0\n0\n").into_bytes();
+        JournalStream {
+            addr,
+            addr_len,
+            header,
+        }
+    }
 }
 
 /// Who workers run as, resolved once at start (name lookups are not fork-safe).
@@ -130,6 +167,7 @@ fn cstring(bytes: &[u8]) -> io::Result<CString> {
 }
 
 const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+const JOURNAL_STREAM_PREFIX: &[u8] = b"JOURNAL_STREAM=";
 
 /// Forks and execs a worker. Returns its pid once `execve` has succeeded; an exec failure is
 /// returned as the error (and the child is already reaped).
@@ -160,6 +198,18 @@ pub fn spawn_worker(spec: &WorkerSpec) -> io::Result<Pid> {
     };
     let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
     envp.push(listen_pid.as_ptr() as *const libc::c_char);
+    // With a journal stream, JOURNAL_STREAM=dev:ino of the worker's own stream, filled in by
+    // the child once it has it (room for two u64s and the colon).
+    let mut journal_env = JOURNAL_STREAM_PREFIX.to_vec();
+    journal_env.resize(JOURNAL_STREAM_PREFIX.len() + 48, 0);
+    let journal_digits = unsafe {
+        // SAFETY: in bounds: 48 bytes were reserved after the prefix.
+        journal_env.as_mut_ptr().add(JOURNAL_STREAM_PREFIX.len())
+    };
+    if spec.journal.is_some() {
+        envp.push(journal_env.as_ptr() as *const libc::c_char);
+    }
+    let journal = spec.journal;
     envp.push(std::ptr::null());
 
     let n = spec.listeners.len() as RawFd;
@@ -237,6 +287,9 @@ pub fn spawn_worker(spec: &WorkerSpec) -> io::Result<Pid> {
                     );
                 }
             }
+            if let Some(j) = journal {
+                connect_journal(j, journal_digits);
+            }
             // Move the error pipe and every listener above the target range first, so a
             // dup2 onto 3+i can never clobber a source still to be moved.
             let err_fd = libc::fcntl(err_w_raw, libc::F_DUPFD_CLOEXEC, first_free);
@@ -308,6 +361,55 @@ struct KernelSigaction {
     flags: libc::c_ulong,
     restorer: libc::c_ulong,
     mask: u64,
+}
+
+/// In the child: opens the journal stream and makes it stdout and stderr. On any failure the
+/// inherited stdout/stderr stay (output still reaches the journal, just untagged), and the
+/// JOURNAL_STREAM slot is left empty. Async-signal-safe: socket, connect, write, fstat, dup2.
+unsafe fn connect_journal(j: &JournalStream, env_slot: *mut u8) {
+    // SAFETY: raw syscalls on a fresh fd and on memory prepared before fork.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return;
+        }
+        if libc::connect(
+            fd,
+            &j.addr as *const libc::sockaddr_un as *const libc::sockaddr,
+            j.addr_len,
+        ) != 0
+        {
+            libc::close(fd);
+            return;
+        }
+        libc::shutdown(fd, libc::SHUT_RD);
+        let mut off = 0;
+        while off < j.header.len() {
+            let w = libc::write(
+                fd,
+                j.header.as_ptr().add(off) as *const libc::c_void,
+                j.header.len() - off,
+            );
+            if w <= 0 {
+                libc::close(fd);
+                return;
+            }
+            off += w as usize;
+        }
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) == 0 {
+            write_decimal(env_slot, st.st_dev);
+            let mut len = 0;
+            while *env_slot.add(len) != 0 {
+                len += 1;
+            }
+            *env_slot.add(len) = b':';
+            write_decimal(env_slot.add(len + 1), st.st_ino);
+        }
+        libc::dup2(fd, 1);
+        libc::dup2(fd, 2);
+        libc::close(fd);
+    }
 }
 
 /// Reports errno over the pipe and exits; async-signal-safe.
@@ -395,6 +497,7 @@ mod tests {
             listeners: &[],
             parent_death_signal: Signal::SIGTERM,
             credentials: None,
+            journal: None,
         };
         let err = spawn_worker(&spec).unwrap_err();
         assert!(err.to_string().contains("cannot execute"), "{err}");

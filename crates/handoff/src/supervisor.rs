@@ -181,6 +181,8 @@ struct Supervisor {
     last_status_line: String,
     program: Option<PathBuf>,
     notify_dir: PathBuf,
+    /// Under journald: give each worker its own journal stream tagged with its generation.
+    journal: bool,
 }
 
 /// Runs handoff until it has shut down; returns the process exit code.
@@ -227,7 +229,10 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
         last_status_line: String::new(),
         program: None,
         notify_dir,
+        journal: false,
     };
+    sup.journal = sup.rt.base_env.iter().any(|(k, _)| k == "JOURNAL_STREAM")
+        && std::path::Path::new(spawn::JournalStream::SOCKET).exists();
     info!(
         listeners = %sup.rt.listeners.iter().map(|l| format!("{}={}", l.name, l.describe)).collect::<Vec<_>>().join(" "),
         workers = workers_wanted,
@@ -397,6 +402,15 @@ impl Supervisor {
             env.push(("LOGNAME".into(), c.name.clone().into()));
             env.push(("HOME".into(), c.home.clone().into_os_string()));
         }
+        let journal = self.journal.then(|| {
+            // `node@g7`: journalctl shows it as the line's identifier, with the worker's pid.
+            env.retain(|(k, _)| k != "JOURNAL_STREAM");
+            let base = program
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            spawn::JournalStream::new(&format!("{base}@g{generation}"))
+        });
         let fds: Vec<_> = self.rt.listeners.iter().map(|l| l.fd()).collect();
         let spec = WorkerSpec {
             program: &program,
@@ -405,6 +419,7 @@ impl Supervisor {
             listeners: &fds,
             parent_death_signal: self.rt.settings.drain_signal,
             credentials: self.rt.credentials.as_ref(),
+            journal: journal.as_ref(),
         };
         let pid = spawn::spawn_worker(&spec).map_err(|e| e.to_string())?;
         let now = Self::now();
