@@ -17,11 +17,14 @@ part() {
 # The integration tests drive the real binaries from target/debug: build them all first.
 part build cargo build --workspace --bins --locked
 part cargo-tests cargo test --workspace --locked
-[ -x tests/egg/run.sh ] && part egg tests/egg/run.sh
-if [ -x tests/systemd/run.sh ]; then
-  if [ "$(id -u)" = 0 ]; then part systemd tests/systemd/run.sh
-  else echo "==== systemd: SKIPPED (needs root to boot the sandboxed systemd)"; fi
-fi
+part units bash tests/systemd/verify-units.sh
+part egg tests/egg/run.sh
+# The sandboxed systemd (and the rpm tests, which install into it) need root.
+for suite in systemd rpm; do
+  [ -f "tests/$suite/run.sh" ] || continue
+  if [ "$(id -u)" = 0 ]; then part "$suite" bash "tests/$suite/run.sh"
+  else echo "==== $suite: SKIPPED (needs root to boot the sandboxed systemd)"; fi
+done
 
 echo
 if [ ${#failed[@]} -eq 0 ]; then echo "ALL TEST PARTS PASSED"; else echo "FAILED PARTS: ${failed[*]}"; exit 1; fi

@@ -46,6 +46,14 @@ pub enum Sub {
     },
 }
 
+/// The control socket a client uses: `--control`, else `--app` (the units' RuntimeDirectory=
+/// handoff-APP), else the default.
+pub fn client_control_path(control: Option<PathBuf>, app: Option<&str>) -> PathBuf {
+    control
+        .or_else(|| app.map(|a| PathBuf::from(format!("/run/handoff-{a}/control.sock"))))
+        .unwrap_or_else(crate::control::default_control_path)
+}
+
 /// Writes `handoff.1` and one page per subcommand into `dir`.
 pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
     use clap::CommandFactory;
@@ -145,8 +153,16 @@ impl RunArgs {
 #[derive(Debug, Args)]
 pub struct ReloadArgs {
     /// Control socket of the handoff to reload.
-    #[arg(long, value_name = "PATH", env = "HANDOFF_CONTROL")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "HANDOFF_CONTROL",
+        conflicts_with = "app"
+    )]
     pub control: Option<PathBuf>,
+    /// The app of the handoff@APP units: its control socket is /run/handoff-APP/control.sock.
+    #[arg(long, value_name = "APP")]
+    pub app: Option<String>,
     /// Only roll over if the version file changed since the running generation started.
     #[arg(long)]
     pub if_changed: bool,
@@ -155,8 +171,16 @@ pub struct ReloadArgs {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Control socket of the handoff to ask.
-    #[arg(long, value_name = "PATH", env = "HANDOFF_CONTROL")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "HANDOFF_CONTROL",
+        conflicts_with = "app"
+    )]
     pub control: Option<PathBuf>,
+    /// The app of the handoff@APP units: its control socket is /run/handoff-APP/control.sock.
+    #[arg(long, value_name = "APP")]
+    pub app: Option<String>,
     /// Machine-readable JSON.
     #[arg(long)]
     pub json: bool,

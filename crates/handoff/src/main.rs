@@ -99,8 +99,14 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Sub::Reload(args) => reload(args.control, args.if_changed),
-        Sub::Status(args) => status(args.control, args.json),
+        Sub::Reload(args) => reload(
+            handoff::cli::client_control_path(args.control, args.app.as_deref()),
+            args.if_changed,
+        ),
+        Sub::Status(args) => status(
+            handoff::cli::client_control_path(args.control, args.app.as_deref()),
+            args.json,
+        ),
         Sub::Man { dir } => match handoff::cli::write_man_pages(&dir) {
             Ok(pages) => {
                 for p in pages {
@@ -245,8 +251,7 @@ fn client_error(e: ClientError) -> i32 {
     }
 }
 
-fn reload(path: Option<PathBuf>, if_changed: bool) -> i32 {
-    let path = path.unwrap_or_else(control::default_control_path);
+fn reload(path: PathBuf, if_changed: bool) -> i32 {
     match control::request(&path, &Request::Reload { if_changed }) {
         Ok(Response::Reload(r)) => {
             if r.outcome.success() {
@@ -265,8 +270,7 @@ fn reload(path: Option<PathBuf>, if_changed: bool) -> i32 {
     }
 }
 
-fn status(path: Option<PathBuf>, json: bool) -> i32 {
-    let path = path.unwrap_or_else(control::default_control_path);
+fn status(path: PathBuf, json: bool) -> i32 {
     match control::request(&path, &Request::Status) {
         Ok(Response::Status(r)) => {
             if json {

@@ -47,7 +47,9 @@ pub struct JournalStream {
 impl JournalStream {
     pub const SOCKET: &'static str = "/run/systemd/journal/stdout";
 
-    pub fn new(identifier: &str) -> JournalStream {
+    /// `unit` (handoff's own unit, e.g. `handoff@app.service`) goes into the header: journald
+    /// uses it when a worker exits before journald could read which unit its pid belongs to.
+    pub fn new(identifier: &str, unit: &str) -> JournalStream {
         // SAFETY: sockaddr_un is plain old data; all-zero is a valid (empty) value.
         let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
         addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
@@ -57,10 +59,11 @@ impl JournalStream {
         }
         let addr_len =
             (std::mem::size_of::<libc::sa_family_t>() + path.len() + 1) as libc::socklen_t;
-        let ident: String = identifier.chars().filter(|c| !c.is_control()).collect();
-        // identifier, unit id (empty: journald derives it), priority 6 (info), level prefix on
-        // (a line starting "<3>" is an error), no syslog/kmsg/console forwarding.
-        let header = format!("{ident}\n\n6\n1\n0\n0\n0\n").into_bytes();
+        let clean = |t: &str| t.chars().filter(|c| !c.is_control()).collect::<String>();
+        let (ident, unit) = (clean(identifier), clean(unit));
+        // identifier, unit id, priority 6 (info), level prefix on (a line starting "<3>" is an
+        // error), no syslog/kmsg/console forwarding: what systemd itself sends for a service.
+        let header = format!("{ident}\n{unit}\n6\n1\n0\n0\n0\n").into_bytes();
         JournalStream {
             addr,
             addr_len,
@@ -127,6 +130,15 @@ impl Credentials {
 
 /// Finds `name` on `PATH` (when it has no slash), so a missing program is reported by handoff
 /// before any fork, and the child can use plain `execve`.
+/// The systemd unit this process runs in (`handoff@app.service`), from its cgroup path.
+pub fn own_unit() -> Option<String> {
+    let cg = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cg.lines().find_map(|l| l.strip_prefix("0::"))?;
+    path.rsplit('/')
+        .find(|c| c.ends_with(".service") || c.ends_with(".scope"))
+        .map(str::to_string)
+}
+
 pub fn resolve_program(name: &str, path_env: Option<&OsStr>) -> io::Result<PathBuf> {
     if name.contains('/') {
         let p = PathBuf::from(name);

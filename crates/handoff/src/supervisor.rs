@@ -181,8 +181,9 @@ struct Supervisor {
     last_status_line: String,
     program: Option<PathBuf>,
     notify_dir: PathBuf,
-    /// Under journald: give each worker its own journal stream tagged with its generation.
-    journal: bool,
+    /// Under journald: give each worker its own journal stream tagged with its generation;
+    /// the value is handoff's unit (may be empty outside a service).
+    journal: Option<String>,
 }
 
 /// Runs handoff until it has shut down; returns the process exit code.
@@ -229,10 +230,13 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
         last_status_line: String::new(),
         program: None,
         notify_dir,
-        journal: false,
+        journal: None,
     };
-    sup.journal = sup.rt.base_env.iter().any(|(k, _)| k == "JOURNAL_STREAM")
-        && std::path::Path::new(spawn::JournalStream::SOCKET).exists();
+    if sup.rt.base_env.iter().any(|(k, _)| k == "JOURNAL_STREAM")
+        && std::path::Path::new(spawn::JournalStream::SOCKET).exists()
+    {
+        sup.journal = Some(spawn::own_unit().unwrap_or_default());
+    }
     info!(
         listeners = %sup.rt.listeners.iter().map(|l| format!("{}={}", l.name, l.describe)).collect::<Vec<_>>().join(" "),
         workers = workers_wanted,
@@ -402,14 +406,14 @@ impl Supervisor {
             env.push(("LOGNAME".into(), c.name.clone().into()));
             env.push(("HOME".into(), c.home.clone().into_os_string()));
         }
-        let journal = self.journal.then(|| {
+        let journal = self.journal.as_ref().map(|unit| {
             // `node@g7`: journalctl shows it as the line's identifier, with the worker's pid.
             env.retain(|(k, _)| k != "JOURNAL_STREAM");
             let base = program
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            spawn::JournalStream::new(&format!("{base}@g{generation}"))
+            spawn::JournalStream::new(&format!("{base}@g{generation}"), unit)
         });
         let fds: Vec<_> = self.rt.listeners.iter().map(|l| l.fd()).collect();
         let spec = WorkerSpec {

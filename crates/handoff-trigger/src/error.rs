@@ -1,0 +1,69 @@
+//! The trigger's errors and their exit codes (sysexits.h, as handoff uses them).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::release::ReleaseError;
+
+/// `handoff reload`: the rollover failed and was rolled back (or refused).
+pub const EXIT_ROLLED_BACK: i32 = 1;
+/// EX_USAGE: bad command line.
+pub const EXIT_USAGE: i32 = 64;
+/// EX_DATAERR: the release's package.json is invalid.
+pub const EXIT_INVALID_RELEASE: i32 = 65;
+/// EX_UNAVAILABLE: handoff could not be reached.
+pub const EXIT_UNAVAILABLE: i32 = 69;
+/// EX_SOFTWARE: anything else that went wrong.
+pub const EXIT_SOFTWARE: i32 = 70;
+/// EX_TEMPFAIL: the install did not settle, or the rollover took too long; try again later.
+pub const EXIT_TEMPFAIL: i32 = 75;
+
+/// Why a trigger run did not end in "nothing to do" or "rolled over".
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    #[error(transparent)]
+    InvalidRelease(ReleaseError),
+    #[error(
+        "the rollover failed and handoff kept the old generation (`handoff reload` exited {code}); see `handoff status` and the app's journal"
+    )]
+    RolledBack { code: i32 },
+    #[error(
+        "handoff did not answer on its control socket (`handoff reload` exited {code}); is the app's service running? (systemctl status)"
+    )]
+    Unavailable { code: i32 },
+    #[error("`{bin} reload` failed: {detail}")]
+    HandoffFailed { bin: PathBuf, detail: String },
+    #[error("cannot run {bin}: {source}; pass --handoff PATH (or HANDOFF_BIN)")]
+    Spawn {
+        bin: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`handoff reload` did not finish within {0:?}; killed it (raise --reload-timeout?)")]
+    ReloadTimeout(Duration),
+    #[error(
+        "{dir} kept changing for {waited:?} (or the rpm lock stayed held); not rolling over onto a half-installed release (raise --max-wait, or --exclude directories the app writes to)"
+    )]
+    NotSettled { dir: PathBuf, waited: Duration },
+    #[error("cannot watch {dir}: {source}")]
+    Watch {
+        dir: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+}
+
+impl TriggerError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            TriggerError::InvalidRelease(_) => EXIT_INVALID_RELEASE,
+            TriggerError::RolledBack { .. } => EXIT_ROLLED_BACK,
+            TriggerError::Unavailable { .. } => EXIT_UNAVAILABLE,
+            TriggerError::ReloadTimeout(_) | TriggerError::NotSettled { .. } => EXIT_TEMPFAIL,
+            TriggerError::HandoffFailed { .. }
+            | TriggerError::Spawn { .. }
+            | TriggerError::Watch { .. } => EXIT_SOFTWARE,
+        }
+    }
+}

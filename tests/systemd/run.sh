@@ -1,0 +1,489 @@
+#!/bin/bash
+# run.sh: handoff under a real systemd. Boots a sandboxed systemd (sandbox.sh), installs the units
+# from units/ (paths rewritten to the build tree, nothing else changed), and checks what issue 3
+# asks for against the example worker. Prints PASS/FAIL per check and a last line
+# "N passed, N failed"; exits non-zero when a check failed; always tears the sandbox down.
+#
+# Run as root after `cargo build` (handoff, handoff-example-worker, handoff-trigger):
+#     tests/systemd/run.sh
+# Environment: HANDOFF_BIN_DIR (default target/debug), HANDOFF_UNITS_DIR (default units/, to try a
+# changed unit), KEEP_WORK=1 keeps the work directory (kept anyway when a check failed),
+# RUN_TIMEOUT (seconds, default 900) bounds the whole run.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../.." && pwd)
+BIN=$(cd "${HANDOFF_BIN_DIR:-$top/target/debug}" 2>/dev/null && pwd || echo "${HANDOFF_BIN_DIR:-$top/target/debug}")
+S=$here/sandbox.sh
+PY=${PYTHON:-python3}
+W=$(mktemp -d /tmp/handoff-systemd-test.XXXXXX)
+chmod 755 "$W"
+export SB_STATE=$W/sandbox
+# shellcheck source=sandbox.sh
+. "$S"
+set +e   # sandbox.sh sets -e for its own use; the checks below handle failures themselves
+
+pass=0; fail=0; bg_pids=()
+ok()   { echo "PASS: $*"; pass=$((pass+1)); }
+bad()  { echo "FAIL: $*"; fail=$((fail+1)); }
+info() { echo "      $*"; }
+
+cleanup() {
+  local p
+  touch "$W/stop" 2>/dev/null
+  for p in "${bg_pids[@]}"; do kill "$p" 2>/dev/null; done
+  for p in "${bg_pids[@]}"; do wait "$p" 2>/dev/null; done
+  if sb_alive; then
+    timeout 20 "$S" run journalctl --no-pager -o short-monotonic > "$W/journal.txt" 2>&1
+    if [ "$fail" != 0 ]; then
+      echo "---- last journal lines of the sandbox (for the failures above) ----"
+      tail -n 80 "$W/journal.txt" | sed 's/^/  | /'
+    fi
+  fi
+  sb_down >/dev/null 2>&1 || sb_down
+  if [ "${KEEP_WORK:-0}" = 1 ] || [ "$fail" != 0 ]; then echo "work directory kept (journal.txt in it): $W"; else rm -rf "$W"; fi
+}
+on_exit() {
+  local rc=$?
+  [ -n "${watchdog:-}" ] && kill "$watchdog" 2>/dev/null
+  cleanup
+  echo "$pass passed, $fail failed"
+  if [ "$fail" != 0 ] || [ "$pass" = 0 ]; then exit 1; fi
+  exit "$rc"
+}
+trap on_exit EXIT
+trap 'echo "run.sh: interrupted"; fail=$((fail+1)); exit 1' INT TERM
+( sleep "${RUN_TIMEOUT:-900}"; echo "FAIL: run.sh overall timeout (${RUN_TIMEOUT:-900}s)"; kill -TERM $$ ) &
+watchdog=$!
+
+# ---- helpers -------------------------------------------------------------------------------------
+sx() { timeout "${SX_TIMEOUT:-60}" "$S" run "$@"; }           # a command inside the sandbox, bounded
+prop() { sx systemctl show -P "$2" "$1" 2>/dev/null; }         # prop UNIT PROPERTY
+ctl() { echo "/run/handoff-$1/control.sock"; }                 # control socket of app $1 (inside)
+hstatus() { sx "$BIN/handoff" status --json --control "$(ctl "$1")"; }
+# hj APP PYEXPR: evaluate a Python expression on `handoff status --json` (as d)
+hj() { hstatus "$1" | $PY -c "import json,sys; d=json.load(sys.stdin); print($2)" 2>/dev/null; }
+curgen() { hj "$1" 'd["current_generation"]'; }
+# The newest generation number handed out: every rollover attempt, failed or not, takes one, so
+# differences of this count rollovers (current_generation skips the numbers of rolled back ones).
+maxgen() { hj "$1" 'max(d["current_generation"], (d.get("last_rollover") or {}).get("generation") or 0)'; }
+get() { curl -sS -m "${2:-10}" "$1" 2>&1; }
+now_ms() { date +%s%3N; }
+free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# wait_for SECS CMD...: poll until CMD succeeds
+wait_for() { local secs=$1 i; shift; for i in $(seq 1 $((secs*10))); do "$@" && return 0; sleep 0.1; done; return 1; }
+has_line() { grep -q -- "$2" "$1" 2>/dev/null; }
+loadgen_start() {  # loadgen_start NAME PORT [ARGS...]
+  local name=$1 port=$2; shift 2
+  rm -f "$W/stop.$name" "$W/load.$name.json"
+  $PY "$here/loadgen.py" --port "$port" --stop-file "$W/stop.$name" --out "$W/load.$name.json" "$@" &
+  bg_pids+=($!); eval "load_pid_$name=$!"
+}
+loadgen_stop() {   # loadgen_stop NAME -> summary JSON in $W/load.NAME.json
+  local name=$1 pid; pid=$(eval echo "\$load_pid_$name")
+  touch "$W/stop.$name"; wait "$pid" 2>/dev/null
+}
+lg() { $PY -c "import json; d=json.load(open('$W/load.$1.json')); print($2)"; }
+
+# ---- prerequisites -------------------------------------------------------------------------------
+for b in handoff handoff-example-worker handoff-trigger; do
+  [ -x "$BIN/$b" ] || { bad "missing $BIN/$b: run cargo build first (or set HANDOFF_BIN_DIR)"; exit 1; }
+done
+for c in curl "$PY" systemd-analyze; do command -v "$c" >/dev/null || { bad "missing $c"; exit 1; }; done
+sb_check || { bad "sandbox prerequisites"; exit 1; }
+
+# ---- the apps: demo (2 workers) and slow (workers take 1.5 s to start) -----------------------------
+P_DEMO=$(free_port); P_SLOW=$(free_port); P_NR=$(free_port)
+mkdir -p "$W/units" "$W/etc" "$W/opt/demo" "$W/opt/slow"
+# The committed units, with the three install paths pointed at the build and work trees.
+UNITS=${HANDOFF_UNITS_DIR:-$top/units}
+for f in "$UNITS"/handoff@.socket "$UNITS"/handoff@.service \
+         "$UNITS"/handoff-trigger@.path "$UNITS"/handoff-trigger@.service; do
+  sed "s#/usr/bin/#$BIN/#g; s#/etc/handoff/#$W/etc/#g; s#/opt/#$W/opt/#g" "$f" > "$W/units/$(basename "$f")"
+done
+cat > "$W/etc/demo.toml" <<EOF
+workers = 2
+drain_timeout = "10s"
+ready_timeout = "20s"
+command = ["$BIN/handoff-example-worker"]
+version_file = "$W/opt/demo/package.json"
+EOF
+# slow: each worker leaves a helper process behind (as apps that spawn children do): a grandchild
+# of handoff that only the unit's KillMode= can clean up once handoff itself is gone.
+cat > "$W/etc/slow.toml" <<EOF
+workers = 2
+drain_timeout = "10s"
+ready_timeout = "20s"
+command = ["/bin/sh", "-c", 'sleep 600 3>&- </dev/null >/dev/null 2>&1 & exec "\$0" "\$@"', "$BIN/handoff-example-worker"]
+version_file = "$W/opt/slow/package.json"
+EOF
+PJ=$W/opt/demo/package.json
+PJ1='{"name":"demo","version":"1.0.0"}'
+printf '%s\n' "$PJ1" > "$PJ"
+printf '%s\n' '{"name":"slow","version":"1.0.0"}' > "$W/opt/slow/package.json"
+: > "$W/rpm.lock"
+
+echo "== booting the sandbox (work dir $W, ports demo=$P_DEMO slow=$P_SLOW)"
+sb_up || { bad "sandbox boot"; exit 1; }
+sb_install "$W"/units/* || { bad "install units"; exit 1; }
+# Per-app settings an operator would make with `systemctl edit`: TCP on loopback, worker env.
+printf '[Socket]\nListenStream=\nListenStream=127.0.0.1:%s\n' "$P_DEMO" | sb_dropin handoff@demo.socket 10-test
+printf '[Socket]\nListenStream=\nListenStream=127.0.0.1:%s\n' "$P_SLOW" | sb_dropin handoff@slow.socket 10-test
+printf '[Service]\nEnvironment=EXAMPLE_VERSION_FILE=%s\n' "$PJ" | sb_dropin handoff@demo.service 10-test
+printf '[Service]\nEnvironment=EXAMPLE_VERSION_FILE=%s EXAMPLE_STARTUP_MS=1500\n' "$W/opt/slow/package.json" \
+  | sb_dropin handoff@slow.service 10-test
+# The trigger watches a stand-in rpm lock the tests can hold.
+printf '[Service]\nEnvironment=HANDOFF_TRIGGER_RPM_LOCK=%s\n' "$W/rpm.lock" | sb_dropin handoff-trigger@demo.service 10-test
+
+# ---- 1. socket activation --------------------------------------------------------------------------
+t_sa() {
+  sx systemctl start handoff@demo.socket || { bad "start handoff@demo.socket"; return; }
+  local st; st=$(prop handoff@demo.service ActiveState)
+  [ "$st" = inactive ] || { bad "socket activation: service already '$st' before any client"; return; }
+  local i pids=() good=0
+  for i in $(seq 1 8); do get "http://127.0.0.1:$P_DEMO/" 20 > "$W/sa.$i" & pids+=($!); done
+  for i in "${pids[@]}"; do wait "$i"; done
+  for i in $(seq 1 8); do grep -q 'gen=1 .*version=1.0.0' "$W/sa.$i" && good=$((good+1)); done
+  st=$(prop handoff@demo.service ActiveState)
+  if [ $good = 8 ] && [ "$st" = active ]; then
+    ok "socket activation: 8 clients connected before handoff ran, all answered by gen 1 ($(head -c 60 "$W/sa.1"))"
+  else bad "socket activation: $good/8 answered, service $st; e.g. $(cat "$W/sa.1")"; fi
+}
+
+# ---- 2. status line --------------------------------------------------------------------------------
+t_status() {
+  local s; s=$(sx systemctl status --no-pager handoff@demo.service 2>&1)
+  if grep -qE 'Status: "gen 1: 2/2 ready; version 1.0.0' <<<"$s"; then
+    ok "systemctl status shows handoff's STATUS: $(grep -o 'Status: .*' <<<"$s")"
+  else bad "systemctl status lacks the STATUS line:"; echo "$s" | head -12 | sed 's/^/      /'; fi
+  local nrel; nrel=$(prop handoff@demo.service NotifyAccess)
+  [ "$nrel" = main ] && ok "NotifyAccess=main suffices (the service reached active via READY=1 from handoff)" \
+                     || bad "NotifyAccess is '$nrel'"
+}
+
+# ---- 3. 10 reloads under continuous load -----------------------------------------------------------
+t_reloads() {
+  loadgen_start reload "$P_DEMO" --concurrency 4 --max-seconds 180 --timeout 10
+  sleep 0.5
+  local i g0 g1 rc t0 t1 durs=() bad_rc=0 bad_gen=0 j body
+  for i in $(seq 1 10); do
+    g0=$(curgen demo); t0=$(now_ms)
+    sx systemctl reload handoff@demo.service; rc=$?
+    t1=$(now_ms); durs+=($((t1-t0)))
+    g1=$(curgen demo)
+    [ "$rc" = 0 ] || { bad_rc=$((bad_rc+1)); info "reload $i exited $rc"; }
+    if [ "$g1" != $((g0+1)) ]; then bad_gen=$((bad_gen+1)); info "reload $i: generation $g0 -> $g1"; continue; fi
+    for j in 1 2 3 4 5; do      # fresh connections right after the reload: all from the new generation
+      body=$(get "http://127.0.0.1:$P_DEMO/")
+      grep -q "gen=$g1 " <<<"$body" || { bad_gen=$((bad_gen+1)); info "after reload $i: '$body' (want gen=$g1)"; break; }
+    done
+  done
+  sleep 0.3
+  loadgen_stop reload
+  local req okc failed
+  req=$(lg reload 'd["requests"]'); okc=$(lg reload 'd["ok"]')
+  failed=$(lg reload 'd["refused"]+d["reset"]+d["timeout"]+d["bad"]')
+  info "reload durations (ms): ${durs[*]}; load: $req requests, $okc ok, $failed failed, by generation $(lg reload 'd["by_gen"]') in $(lg reload 'd["duration_s"]') s"
+  [ "$failed" = 0 ] || info "errors: $(lg reload 'd["errors"][:5]')"
+  if [ $bad_rc = 0 ] && [ $bad_gen = 0 ] && [ "$failed" = 0 ] && [ "$okc" -gt 100 ]; then
+    ok "10x systemctl reload under load: all exit 0, each followed by the new generation, $okc/$req requests ok, 0 failed"
+  else bad "10x reload under load: $bad_rc non-zero reloads, $bad_gen generation mismatches, $failed/$req requests failed"; fi
+}
+
+# ---- 4. a broken release ---------------------------------------------------------------------------
+t_broken() {
+  local g0 rc out body cur outcome msg since
+  g0=$(curgen demo); since=$(sx date '+%Y-%m-%d %H:%M:%S')
+  printf '%s\n' '{"name":"demo","version":"2.0.0-broken","crash_at_start":true}' > "$PJ"
+  out=$(sx systemctl reload handoff@demo.service 2>&1); rc=$?
+  body=$(get "http://127.0.0.1:$P_DEMO/")
+  cur=$(curgen demo)
+  outcome=$(hj demo 'd["last_rollover"]["outcome"]'); msg=$(hj demo 'd["last_rollover"]["message"]')
+  [ "$rc" != 0 ] && ok "broken release: systemctl reload exits $rc ($(head -1 <<<"$out"))" \
+                 || bad "broken release: systemctl reload exited 0"
+  if grep -q "gen=$g0 .*version=1.0.0" <<<"$body" && [ "$cur" = "$g0" ]; then
+    ok "broken release: generation $g0 (1.0.0) still serves: $body"
+  else bad "broken release: serving '$body', current generation $cur (want $g0)"; fi
+  local st; st=$(sx "$BIN/handoff" status --control "$(ctl demo)" 2>&1)
+  if [ "$outcome" != ok ] && [ -n "$outcome" ] && grep -qi "last rollover" <<<"$st"; then
+    ok "broken release: handoff status says why: $(grep -i 'last rollover' <<<"$st" | head -1)"
+  else bad "broken release: handoff status outcome '$outcome' message '$msg'"; echo "$st" | sed 's/^/      /'; fi
+  local j; j=$(sx journalctl --no-pager -o cat -u handoff@demo.service --since "$since")
+  # The crashed worker's own line must be under -u too: it exits at once, before journald can
+  # read its cgroup, so handoff names the unit in the worker's journal stream header.
+  if grep -qE "rolled back.*exited with status 1" <<<"$j" && grep -q "crashing at start" <<<"$j"; then
+    ok "broken release: journalctl -u says why: '$(grep -m1 -E 'rolled back.*exited with status' <<<"$j" | sed 's/^ *//' | cut -c1-140)'; the worker's own line: '$(grep -m1 'crashing at start' <<<"$j")'"
+  else bad "broken release: journal lacks the reason or the worker's own line:"; tail -15 <<<"$j" | sed 's/^/      /'; fi
+  printf '%s\n' "$PJ1" > "$PJ"     # back to the running generation's exact bytes
+}
+
+# ---- 5. the package.json trigger -----------------------------------------------------------------
+# trig_step NAME EXPECTED_ROLLOVERS: run after an action; waits for the trigger run the action
+# caused to end, then a little more (a second rollover would show), and compares generations.
+TRIG=handoff-trigger@demo.service
+trig_mark() { g_before=$(maxgen demo); t_before=$(prop $TRIG InactiveEnterTimestampMonotonic); }
+trig_done() { local s; s=$(prop $TRIG ActiveState); [ "$(prop $TRIG InactiveEnterTimestampMonotonic)" != "$t_before" ] && { [ "$s" = inactive ] || [ "$s" = failed ]; }; }
+trig_step() {
+  local name=$1 want=$2 g1
+  if ! wait_for 30 trig_done; then bad "$name: the trigger did not run to its end within 30 s ($(prop $TRIG ActiveState))"; return 1; fi
+  sleep 2.5
+  g1=$(maxgen demo)
+  if [ "$((g1 - g_before))" = "$want" ] && trig_done; then
+    ok "$name: $want rollover(s) (generation $g_before -> $g1), trigger exit $(prop $TRIG ExecMainStatus)"
+  else bad "$name: generation $g_before -> $g1, wanted $want rollover(s); trigger $(prop $TRIG ActiveState) exit $(prop $TRIG ExecMainStatus)"; return 1; fi
+}
+t_trigger() {
+  sx systemctl start handoff-trigger@demo.path || { bad "start handoff-trigger@demo.path"; return; }
+  sb_wait handoff-trigger@demo.path waiting 10 || { bad "path unit not waiting"; return; }
+  local ver
+
+  trig_mark; printf '%s\n' '{"name":"demo","version":"1.1.0"}' > "$PJ"          # in place
+  trig_step "package.json written in place" 1
+  ver=$(hj demo 'd["generations"][0]["version"]["version"]'); [ "$ver" = 1.1.0 ] || bad "in place: running version is $ver"
+
+  trig_mark; printf '%s\n' '{"name":"demo","version":"1.2.0"}' > "$W/opt/demo/.pj.tmp"
+  mv "$W/opt/demo/.pj.tmp" "$PJ"                                                   # rename-replace
+  trig_step "package.json replaced by rename" 1
+  ver=$(hj demo 'd["generations"][0]["version"]["version"]'); [ "$ver" = 1.2.0 ] || bad "rename: running version is $ver"
+
+  trig_mark; printf '%s\n' '{"name":"demo","version":"1.2.0"}' > "$PJ"          # same bytes again
+  trig_step "unchanged rewrite of package.json" 0
+
+  local since; since=$(sx date '+%Y-%m-%d %H:%M:%S')
+  trig_mark; printf '%s' '{"name":"demo","version":"1.3.0",' > "$PJ"            # invalid JSON
+  trig_step "invalid package.json" 0
+  local res code j
+  res=$(prop $TRIG Result); code=$(prop $TRIG ExecMainStatus)
+  j=$(sx journalctl --no-pager -o cat -u $TRIG --since "$since")
+  if [ "$code" = 65 ] && grep -q "is not valid JSON" <<<"$j"; then
+    ok "invalid package.json: trigger exit 65 ($res), logged: $(grep -m1 'is not valid JSON' <<<"$j" | cut -c1-140)"
+  else bad "invalid package.json: trigger result $res exit $code; journal:"; tail -5 <<<"$j" | sed 's/^/      /'; fi
+
+  # a burst of broken writes must not exhaust any limit: the path unit keeps watching
+  local i
+  trig_mark
+  for i in $(seq 1 15); do printf '{"broken": %s' "$i" > "$PJ"; sleep 0.1; done
+  wait_for 30 trig_done
+  local pst pres; pst=$(prop handoff-trigger@demo.path ActiveState); pres=$(prop handoff-trigger@demo.path Result)
+  if [ "$pst" = active ] && [ "$pres" = success ]; then ok "15 invalid writes in 1.5 s: no rollover, path unit still watching ($pst, result $pres)"
+  else bad "after a burst of invalid writes the path unit is $pst (result $pres)"; fi
+  # broken releases one after the other, each its own trigger run (exit 65): more starts than the
+  # default start limit (5 in 10 s) allows; the path unit must keep watching
+  # (a shorter --settle for this part only, so that the runs come faster than 5 in 10 s)
+  printf '[Service]\nEnvironment=HANDOFF_TRIGGER_SETTLE=300ms\n' | sb_dropin $TRIG 20-fast
+  local runs=0 t t0b
+  since=$(sx date '+%Y-%m-%d %H:%M:%S'); t0b=$(now_ms)
+  for i in $(seq 1 8); do
+    trig_mark; printf '{"broken": "again %s"' "$i" > "$PJ"
+    wait_for 10 trig_done && runs=$((runs+1))
+  done
+  t0b=$(( $(now_ms) - t0b ))
+  pst=$(prop handoff-trigger@demo.path ActiveState); pres=$(prop handoff-trigger@demo.path Result)
+  t=$(sx journalctl --no-pager -o cat -u $TRIG --since "$since" | grep -c 'is not valid JSON')
+  if [ "$runs" = 8 ] && [ "$t" -ge 8 ] && [ "$pst" = active ] && [ "$pres" = success ]; then
+    ok "8 broken releases in $t0b ms: 8 trigger runs, each exit 65, no rollover; path unit still watching"
+  else bad "8 broken releases in $t0b ms: $runs runs ended, $t errors logged, path unit $pst (result $pres)"; fi
+  rm -f "/proc/$(sb_pid)/root/run/systemd/system/$TRIG.d/20-fast.conf"; sx systemctl daemon-reload
+  trig_mark; printf '%s\n' '{"name":"demo","version":"1.3.0"}' > "$PJ"
+  trig_step "valid release after the broken ones" 1
+
+  # a 10,000-file install, package.json replaced half-way
+  trig_mark
+  $PY - "$W/opt/demo" <<'EOF'
+import os, sys
+root = sys.argv[1]
+for i in range(10000):
+    d = os.path.join(root, "node_modules", f"m{i // 500}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i}.js"), "w") as f:
+        f.write("module.exports = %d;\n" % i)
+    if i == 5000:
+        with open(os.path.join(root, ".pj.tmp"), "w") as f:
+            f.write('{"name":"demo","version":"1.4.0"}\n')
+        os.rename(os.path.join(root, ".pj.tmp"), os.path.join(root, "package.json"))
+EOF
+  trig_step "10,000-file install" 1
+  ver=$(hj demo 'd["generations"][0]["version"]["version"]'); [ "$ver" = 1.4.0 ] || bad "10k install: running version is $ver"
+
+  # rpm: the transaction holds the lock; its scriptlet runs `handoff reload --if-changed`; the
+  # trigger waits for the lock, then finds nothing to do
+  $PY -c 'import fcntl,sys,time; f=open(sys.argv[1],"r+"); fcntl.lockf(f, fcntl.LOCK_EX); open(sys.argv[2],"w").close(); time.sleep(60)' \
+      "$W/rpm.lock" "$W/rpm.locked" &
+  local holder=$!; bg_pids+=("$holder")
+  wait_for 10 test -e "$W/rpm.locked" || bad "rpm lock holder did not start"
+  trig_mark; printf '%s\n' '{"name":"demo","version":"1.5.0"}' > "$PJ"
+  sleep 3
+  local g_mid st_mid; g_mid=$(maxgen demo); st_mid=$(prop $TRIG ActiveState)
+  sx "$BIN/handoff" reload --if-changed --control "$(ctl demo)" >/dev/null 2>&1; local src=$?
+  kill "$holder"; wait "$holder" 2>/dev/null
+  if [ "$g_mid" = "$g_before" ] && [ "$st_mid" = activating ]; then
+    ok "rpm lock held: the trigger waits (still $st_mid after 3 s, no rollover)"
+  else bad "rpm lock held: generation $g_before -> $g_mid, trigger $st_mid"; fi
+  [ $src = 0 ] || bad "rpm scriptlet's handoff reload --if-changed exited $src"
+  trig_step "rpm transaction: scriptlet reload + path unit" 1
+}
+
+# ---- 6. journal tagged by generation ---------------------------------------------------------------
+t_journal() {
+  local j; j=$(sx journalctl --no-pager -o cat -u handoff@demo.service)
+  if grep -qE 'gen=[0-9]+ worker=[0-9]+ pid=' <<<"$j" && grep -qE '^example-worker pid=[0-9]+ gen=[0-9]+' <<<"$j"; then
+    ok "journal: handoff's and the workers' lines carry the generation ($(grep -cE 'gen=[0-9]+' <<<"$j") lines), e.g. '$(grep -m1 -E '^example-worker pid' <<<"$j")'"
+  else bad "journal lines are not tagged by generation"; tail -8 <<<"$j" | sed 's/^/      /'; fi
+}
+
+# ---- 7. kill -9 of handoff during a rollover -------------------------------------------------------
+cg_pids() {  # host pids (with start times) in the unit's cgroup, read through the sandbox's root
+  local f p
+  f=/proc/$(sb_pid)/root/sys/fs/cgroup/system.slice/system-handoff.slice/$1/cgroup.procs
+  for p in $(cat "$f" 2>/dev/null); do echo "$p:$(awk '{print $22}' "/proc/$p/stat" 2>/dev/null)"; done
+}
+t_kill9() {
+  sx systemctl start handoff@slow.socket || { bad "start handoff@slow.socket"; return; }
+  get "http://127.0.0.1:$P_SLOW/" 20 | grep -q 'gen=1' || { bad "slow app does not answer"; return; }
+  loadgen_start kill "$P_SLOW" --concurrency 4 --max-seconds 120 --timeout 20
+  sleep 0.5
+  local main0; main0=$(prop handoff@slow.service MainPID)
+  sx systemctl reload handoff@slow.service >/dev/null 2>&1 &
+  local rl=$!; bg_pids+=("$rl")
+  if ! wait_for 10 eval '[ "$(hj slow "d[\"rolling_over_to\"] is not None")" = True ]'; then bad "kill -9: no rollover in progress"; fi
+  sleep 0.3
+  local old; old=$(cg_pids handoff@slow.service)
+  local n_old; n_old=$(wc -w <<<"$old")
+  local t0; t0=$(now_ms)
+  sx kill -9 "$main0"
+  wait "$rl"; local rlrc=$?
+  # systemd kills the leftovers (KillMode=mixed), waits RestartSec=, starts handoff again; workers need 1.5 s
+  wait_for 30 eval '[ "$(prop handoff@slow.service ActiveState)" = active ] && [ "$(prop handoff@slow.service MainPID)" != "$main0" ]'
+  local t1; t1=$(now_ms)
+  local main1 nres; main1=$(prop handoff@slow.service MainPID); nres=$(prop handoff@slow.service NRestarts)
+  sleep 1
+  loadgen_stop kill
+  local survivors="" e p st
+  for e in $old; do
+    p=${e%%:*}; st=${e#*:}
+    [ "$(awk '{print $22}' "/proc/$p/stat" 2>/dev/null)" = "$st" ] && survivors="$survivors $p"
+  done
+  local refused reset tmo req okc sock
+  refused=$(lg kill 'd["refused"]'); reset=$(lg kill 'd["reset"]'); tmo=$(lg kill 'd["timeout"]')
+  req=$(lg kill 'd["requests"]'); okc=$(lg kill 'd["ok"]'); sock=$(prop handoff@slow.socket ActiveState)
+  info "killed handoff (pid $main0 in the sandbox) with $n_old processes in its cgroup mid-rollover; reload exited $rlrc;" \
+       "back as pid $main1 after $((t1-t0)) ms (NRestarts=$nres); load: $req requests, $okc ok, $refused refused, $reset reset, $tmo timed out," \
+       "slowest answer $(lg kill 'd["max_latency_ms"]') ms (queued in the socket's backlog); socket unit $sock"
+  [ "$reset" = 0 ] || info "resets (requests in flight on the killed workers): $(lg kill 'd["errors"][:4]')"
+  if [ "$nres" -ge 1 ] && [ "$main1" != "$main0" ] && [ -n "$main1" ] && [ "$main1" != 0 ]; then ok "kill -9 mid-rollover: systemd restarted handoff ($((t1-t0)) ms until active again)"
+  else bad "kill -9: service not restarted (MainPID $main1, NRestarts $nres)"; fi
+  if [ "$refused" = 0 ] && [ "$tmo" = 0 ] && [ "$sock" = active ]; then ok "kill -9: no connection refused or timed out meanwhile ($okc/$req ok; $reset in-flight resets)"
+  else bad "kill -9: $refused refused, $tmo timed out, socket unit $sock"; fi
+  [ "$rlrc" != 0 ] && ok "kill -9: the interrupted systemctl reload failed (exit $rlrc)" || bad "kill -9: interrupted reload exited 0"
+  if [ -z "$survivors" ] && [ "$n_old" -ge 3 ]; then ok "kill -9: none of the $n_old processes of the killed handoff's cgroup survived"
+  else bad "kill -9: survivors:$survivors (of $n_old)"; fi
+  get "http://127.0.0.1:$P_SLOW/" | grep -q 'gen=1 ' && ok "kill -9: the new handoff serves (generation 1 of the new process)" \
+    || bad "kill -9: new handoff does not serve"
+}
+
+# ---- 8. stop drains in-flight requests ------------------------------------------------------------
+t_stop() {
+  local g up nres; g=$(curgen demo); up=$(hj demo 'd["uptime_ms"]'); nres=$(prop handoff@demo.service NRestarts)
+  if [ "${up:-0}" -ge 31000 ] && [ "$nres" = 0 ]; then
+    ok "watchdog: handoff up $((up/1000)) s with WatchdogSec=30s, never restarted (it pings)"
+  else info "watchdog not proven: handoff up ${up:-?} ms, NRestarts $nres"; fi
+  get "http://127.0.0.1:$P_DEMO/slow?ms=3000" 20 > "$W/slow.out" &
+  local c=$!
+  sleep 0.5
+  local t0 rc t1; t0=$(now_ms)
+  sx systemctl stop handoff@demo.service 2>"$W/stop.err"; rc=$?
+  t1=$(now_ms)
+  wait "$c"; local crc=$?
+  local st res procs
+  st=$(prop handoff@demo.service ActiveState); res=$(prop handoff@demo.service Result)
+  procs=$(cat "/proc/$(sb_pid)/root/sys/fs/cgroup/system.slice/system-handoff.slice/handoff@demo.service/cgroup.procs" 2>/dev/null | wc -l)
+  if [ "$crc" = 0 ] && grep -q "gen=$g .*slow=3000ms" "$W/slow.out"; then
+    ok "systemctl stop: the slow request started before the stop completed: $(cat "$W/slow.out")"
+  else bad "systemctl stop: slow request got '$(cat "$W/slow.out")' (curl exit $crc)"; fi
+  if [ "$rc" = 0 ] && [ "$st" = inactive ] && [ "$res" = success ] && [ "$procs" = 0 ] && [ $((t1-t0)) -ge 2000 ]; then
+    ok "systemctl stop waited for the drain ($((t1-t0)) ms), exit 0, unit $st/$res, no process left"
+  else bad "systemctl stop: rc $rc, $((t1-t0)) ms, unit $st/$res, $procs processes left"; fi
+  local j; j=$(sx journalctl --no-pager -o cat -u handoff@demo.service -n 30)
+  grep -q "Deactivated successfully" <<<"$j" || info "no 'Deactivated successfully' in the journal"
+}
+
+# ---- 9. the notify-reload protocol, without systemd (systemd here is 252) --------------------------
+t_notify_reload() {
+  local sock=$W/nr/notify.sock out=$W/nr/notify.jsonl
+  mkdir -p "$W/nr/rt" && chmod 700 "$W/nr/rt"
+  printf '%s\n' '{"name":"nr","version":"1.0.0"}' > "$W/nr/package.json"
+  $PY "$here/notify-recv.py" "$sock" "$out" "$W/nr/stop" 60 & bg_pids+=($!)
+  wait_for 10 test -S "$sock" || { bad "notify-reload: receiver did not start"; return; }
+  NOTIFY_SOCKET=$sock EXAMPLE_VERSION_FILE=$W/nr/package.json \
+    "$BIN/handoff" run --listen "127.0.0.1:$P_NR" --workers 1 --runtime-dir "$W/nr/rt" \
+      --version-file "$W/nr/package.json" -- "$BIN/handoff-example-worker" >"$W/nr/handoff.log" 2>&1 &
+  local h=$!; bg_pids+=("$h")
+  wait_for 20 has_line "$out" '"READY": "1"' || { bad "notify-reload: no READY=1 at start"; cat "$W/nr/handoff.log" | tail -5; return; }
+  local n0 tsig; n0=$(wc -l < "$out")
+  tsig=$($PY -c 'import time; print(time.clock_gettime_ns(time.CLOCK_MONOTONIC)//1000)')
+  kill -HUP "$h"
+  wait_for 20 eval "tail -n +$((n0+1)) '$out' | grep -q '\"READY\": \"1\"'"
+  local verdict
+  verdict=$($PY - "$out" "$n0" "$tsig" <<'EOF'
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])][int(sys.argv[2]):]
+t_sig = int(sys.argv[3])
+rel = next((i for i, l in enumerate(lines) if l["fields"].get("RELOADING") == "1"), None)
+if rel is None:
+    print("no RELOADING=1 after SIGHUP"); sys.exit()
+mono = lines[rel]["fields"].get("MONOTONIC_USEC")
+if mono is None or int(mono) < t_sig:
+    print(f"RELOADING=1 without a MONOTONIC_USEC taken after the signal ({mono} < {t_sig})"); sys.exit()
+if not any(l["fields"].get("READY") == "1" for l in lines[rel + 1:]):
+    print("no READY=1 after RELOADING=1"); sys.exit()
+print(f"ok: RELOADING=1 MONOTONIC_USEC={mono} ({int(mono) - t_sig} us after the signal), then READY=1")
+EOF
+)
+  if [[ $verdict == ok:* ]] && get "http://127.0.0.1:$P_NR/" | grep -q 'gen=2 '; then
+    ok "notify-reload protocol: SIGHUP -> ${verdict#ok: }; gen 2 serves"
+  else bad "notify-reload protocol: $verdict; $(get "http://127.0.0.1:$P_NR/")"; fi
+  n0=$(wc -l < "$out")
+  kill -TERM "$h"
+  local i hrc=none
+  for i in $(seq 1 150); do kill -0 "$h" 2>/dev/null || break; sleep 0.1; done
+  if ! kill -0 "$h" 2>/dev/null; then wait "$h"; hrc=$?; fi
+  if tail -n +$((n0+1)) "$out" | grep -q '"STOPPING": "1"' && [ "$hrc" = 0 ]; then
+    ok "notify protocol: SIGTERM -> STOPPING=1, exit 0"
+  else bad "notify protocol: on SIGTERM STOPPING=1 $(tail -n +$((n0+1)) "$out" | grep -c STOPPING) times, exit $hrc"; fi
+  touch "$W/nr/stop"
+}
+
+# ---- 10. several listeners, as docs/operating.md shows -----------------------------------------------
+t_multi() {
+  local pa pb padm; pa=$(free_port); pb=$(free_port); padm=$(free_port)
+  mkdir -p "$W/opt/multi"; printf '%s\n' '{"name":"multi","version":"1.0.0"}' > "$W/opt/multi/package.json"
+  sed "s#demo#multi#g" "$W/etc/demo.toml" > "$W/etc/multi.toml"
+  printf '[Socket]\nListenStream=\nListenStream=127.0.0.1:%s\nListenStream=127.0.0.1:%s\n' "$pa" "$pb" \
+    | sb_dropin handoff@multi.socket 10-test
+  printf '[Socket]\nListenStream=127.0.0.1:%s\nFileDescriptorName=admin\nService=handoff@multi.service\n' "$padm" > "$W/multi-admin.socket"
+  sb_install "$W/multi-admin.socket"
+  printf '[Unit]\nRequires=multi-admin.socket\nAfter=multi-admin.socket\n[Service]\nSockets=handoff@multi.socket multi-admin.socket\nEnvironment=EXAMPLE_VERSION_FILE=%s\n' \
+    "$W/opt/multi/package.json" | sb_dropin handoff@multi.service 10-test
+  sx systemctl start handoff@multi.socket multi-admin.socket || { bad "multi: start sockets"; return; }
+  local a b adm lst
+  adm=$(get "http://127.0.0.1:$padm/" 20)   # activation through the second socket unit
+  a=$(get "http://127.0.0.1:$pa/"); b=$(get "http://127.0.0.1:$pb/")
+  lst=$(hj multi '" ".join(sorted(d["listeners"]))')
+  if grep -q 'gen=1 ' <<<"$a" && grep -q 'gen=1 ' <<<"$b" && grep -q 'gen=1 ' <<<"$adm" \
+     && [ "$lst" = "$(printf 'admin=127.0.0.1:%s http=127.0.0.1:%s http=127.0.0.1:%s' "$padm" "$pa" "$pb" | tr ' ' '\n' | sort | tr '\n' ' ' | sed 's/ $//')" ]; then
+    ok "several listeners: two ListenStream= plus a second socket unit (admin), activated through it; handoff holds: $lst"
+  else bad "several listeners: '$a' '$b' '$adm'; handoff holds '$lst'"; fi
+  sx systemctl stop handoff@multi.service handoff@multi.socket multi-admin.socket 2>/dev/null
+}
+
+t_sa
+t_status
+t_reloads
+t_broken
+t_trigger
+t_journal
+t_kill9
+t_stop
+t_notify_reload
+t_multi
+failed_units=$(sx systemctl --failed --no-legend --plain 2>/dev/null | grep -v '^handoff-trigger@demo.service' | grep . || true)
+[ -z "$failed_units" ] && ok "no unexpected failed units in the sandbox" || bad "failed units: $failed_units"
