@@ -409,12 +409,40 @@ fn reload_if_changed_rolls_over_once_per_release() {
         g.version.as_ref().unwrap().version.as_deref(),
         Some("1.0.1")
     );
+    // A release that fails is not tried again by --if-changed (a plain reload still does).
+    let f = h.keep[0].path().join("mode");
+    std::fs::write(&pkg, r#"{"name":"app","version":"2.0.0-broken"}"#).unwrap();
+    std::fs::write(&f, "crash").unwrap();
+    let (code, _, err) = h.reload_cli(&["--if-changed"]);
+    assert_eq!(code, 1, "{err}");
+    let (code, out, _) = h.reload_cli(&["--if-changed"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("rolled back; not trying it again"), "{out}");
+    assert_eq!(
+        h.reload_cli(&[]).0,
+        1,
+        "a plain reload retries (and fails again)"
+    );
+    std::fs::write(&f, "ready").unwrap();
+    std::fs::write(&pkg, r#"{"name":"app","version":"2.0.1"}"#).unwrap();
+    assert_eq!(h.reload_cli(&["--if-changed"]).0, 0);
+    let st = h.status().unwrap();
+    let g = st
+        .generations
+        .iter()
+        .find(|g| g.number == st.current_generation)
+        .unwrap();
+    assert_eq!(
+        g.version.as_ref().unwrap().version.as_deref(),
+        Some("2.0.1")
+    );
     // Half-written JSON never triggers.
+    let serving = h.status().unwrap().current_generation;
     std::fs::write(&pkg, r#"{"name":"app","vers"#).unwrap();
     let (code, _, err) = h.reload_cli(&["--if-changed"]);
     assert_eq!(code, 1);
     assert!(err.contains("not valid JSON"), "{err}");
-    assert_eq!(h.status().unwrap().current_generation, 2);
+    assert_eq!(h.status().unwrap().current_generation, serving);
     assert!(h.stop().success());
 }
 

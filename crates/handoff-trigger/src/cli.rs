@@ -21,8 +21,12 @@ use handoff::duration::parse as parse_duration;
 #[command(name = "handoff-trigger", version, args_override_self = true)]
 pub struct Cli {
     /// The release's version file, e.g. /opt/APP/package.json; its directory is watched.
-    #[arg(value_name = "VERSION_FILE")]
-    pub version_file: PathBuf,
+    #[arg(value_name = "VERSION_FILE", required_unless_present = "write_man")]
+    pub version_file: Option<PathBuf>,
+
+    /// Write the man page (handoff-trigger.1) into DIR and exit; used by packaging.
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub write_man: Option<PathBuf>,
 
     /// Quiet period: the install has settled when nothing changed in the directory for this long.
     #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_duration, env = "HANDOFF_TRIGGER_SETTLE")]
@@ -74,11 +78,12 @@ pub struct Cli {
 impl Cli {
     /// Validated options; relative paths are taken relative to `cwd`.
     pub fn into_options(self, cwd: &std::path::Path) -> Result<Options, String> {
-        let version_file = cwd.join(&self.version_file);
+        let given = self.version_file.ok_or("VERSION_FILE is required")?;
+        let version_file = cwd.join(&given);
         if version_file.file_name().is_none() || version_file.parent().is_none() {
             return Err(format!(
                 "VERSION_FILE {} must name a file, e.g. /opt/app/package.json",
-                self.version_file.display()
+                given.display()
             ));
         }
         Ok(Options {
@@ -97,6 +102,17 @@ impl Cli {
             poll: Duration::from_millis(200),
         })
     }
+}
+
+/// Writes `handoff-trigger.1` into `dir` (from the same definition as `--help`).
+pub fn write_man_page(dir: &std::path::Path) -> std::io::Result<PathBuf> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("handoff-trigger.1");
+    let mut out = Vec::new();
+    clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+    std::fs::write(&path, out)?;
+    Ok(path)
 }
 
 #[cfg(test)]

@@ -36,6 +36,21 @@ fn main() -> ExitCode {
             return ExitCode::from(if usage { EXIT_USAGE as u8 } else { 0 });
         }
     };
+    if let Some(dir) = &cli.write_man {
+        return match handoff_trigger::cli::write_man_page(dir) {
+            Ok(p) => {
+                println!("{}", p.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!(
+                    "handoff-trigger: writing the man page to {}: {e}",
+                    dir.display()
+                );
+                ExitCode::from(EXIT_SOFTWARE as u8)
+            }
+        };
+    }
     init_logging(cli.verbose);
     let opts = match std::env::current_dir()
         .context("cannot determine the current directory")

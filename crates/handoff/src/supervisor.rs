@@ -181,6 +181,9 @@ struct Supervisor {
     last_status_line: String,
     program: Option<PathBuf>,
     notify_dir: PathBuf,
+    /// The version-file hash of the last release that was rolled back, and its generation:
+    /// `--if-changed` does not try the same content again.
+    failed_release: Option<(String, u64)>,
     /// Under journald: give each worker its own journal stream tagged with its generation;
     /// the value is handoff's unit (may be empty outside a service).
     journal: Option<String>,
@@ -231,6 +234,7 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
         program: None,
         notify_dir,
         journal: None,
+        failed_release: None,
     };
     if sup.rt.base_env.iter().any(|(k, _)| k == "JOURNAL_STREAM")
         && std::path::Path::new(spawn::JournalStream::SOCKET).exists()
@@ -536,6 +540,32 @@ impl Supervisor {
                             duration_ms: 0,
                         })
                     }
+                    Some(v)
+                        if self
+                            .failed_release
+                            .as_ref()
+                            .is_some_and(|(h, _)| *h == v.hash)
+                            && waiters.is_empty() =>
+                    {
+                        // Retrying the very release that just failed would fail the same way
+                        // (an rpm scriptlet and the .path trigger both asking, say).
+                        let failed_gen = self
+                            .failed_release
+                            .as_ref()
+                            .map(|(_, g)| *g)
+                            .unwrap_or_default();
+                        Some(ReloadReply {
+                            outcome: Outcome::Unchanged,
+                            generation: self.current_generation,
+                            message: format!(
+                                "{} is the release generation {failed_gen} started from and was rolled back; \
+                                 not trying it again (a plain `handoff reload` would); generation {} serves",
+                                v.path.display(),
+                                self.current_generation
+                            ),
+                            duration_ms: 0,
+                        })
+                    }
                     Some(_) => None,
                 };
                 match answer {
@@ -689,6 +719,15 @@ impl Supervisor {
     fn finish_rollover(&mut self, outcome: Outcome, message: String) {
         let Some(ro) = self.rollover.take() else {
             return;
+        };
+        let hash = self
+            .generations
+            .get(&ro.generation)
+            .and_then(|(_, v)| v.as_ref())
+            .map(|v| v.hash.clone());
+        self.failed_release = match outcome {
+            Outcome::RolledBack | Outcome::Partial => hash.map(|h| (h, ro.generation)),
+            _ => None,
         };
         let duration = ro.started.elapsed();
         if outcome == Outcome::Ok {
