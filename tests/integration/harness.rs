@@ -245,6 +245,28 @@ pub fn wait_child(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     None
 }
 
+/// A variable from a running process's environment.
+pub fn process_env(pid: i32, key: &str) -> Option<String> {
+    let prefix = format!("{key}=");
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .ok()?
+        .split(|b| *b == 0)
+        .find_map(|kv| {
+            std::str::from_utf8(kv)
+                .ok()?
+                .strip_prefix(prefix.as_str())
+                .map(str::to_string)
+        })
+}
+
+/// A reload over the control socket that must succeed (`what` names it in the panic).
+pub fn reload_ok(control: &Path, what: &str) {
+    match control::request(control, &Request::Reload { if_changed: false }) {
+        Ok(Response::Reload(r)) => assert!(r.outcome.success(), "{what}: {}", r.message),
+        other => panic!("{what}: {other:?}"),
+    }
+}
+
 pub fn pid_alive(pid: i32) -> bool {
     // A zombie counts as gone for our purposes only once reaped; check /proc state.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -43,15 +43,7 @@ fn fd_count_is_flat_over_200_rollovers_and_no_zombies() {
     let before = steady_fd_count(h.pid());
     let t0 = Instant::now();
     for i in 0..200 {
-        match handoff::control::request(
-            &h.control,
-            &handoff::control::Request::Reload { if_changed: false },
-        ) {
-            Ok(handoff::control::Response::Reload(r)) => {
-                assert!(r.outcome.success(), "rollover {i}: {}", r.message)
-            }
-            other => panic!("rollover {i}: {other:?}"),
-        }
+        reload_ok(&h.control, &format!("rollover {i}"));
         if i % 50 == 0 {
             assert!(
                 zombie_children(h.pid()).is_empty(),
@@ -89,16 +81,7 @@ fn malformed_notify_datagrams_are_dropped_and_ready_still_seen() {
     assert_eq!(st.ready, 1, "the READY=1 after the noise was seen");
     // Send more garbage straight at the worker's socket, including an fd, and a flood.
     let pid = st.workers[0].pid;
-    let sock = std::fs::read(format!("/proc/{pid}/environ"))
-        .unwrap()
-        .split(|b| *b == 0)
-        .find_map(|kv| {
-            std::str::from_utf8(kv)
-                .ok()?
-                .strip_prefix("NOTIFY_SOCKET=")
-                .map(str::to_string)
-        })
-        .unwrap();
+    let sock = process_env(pid, "NOTIFY_SOCKET").unwrap();
     let tx = UnixDatagram::unbound().unwrap();
     let before_fds = steady_fd_count(h.pid());
     let t0 = Instant::now();
@@ -163,16 +146,7 @@ fn another_user_cannot_notify_for_a_worker() {
     // 0700 runtime dir stops it before handoff even sees a datagram.
     let (code, _, _) = {
         let pid = h.status().unwrap().workers[0].pid;
-        let sock = std::fs::read(format!("/proc/{pid}/environ"))
-            .unwrap()
-            .split(|b| *b == 0)
-            .find_map(|kv| {
-                std::str::from_utf8(kv)
-                    .ok()?
-                    .strip_prefix("NOTIFY_SOCKET=")
-                    .map(str::to_string)
-            })
-            .unwrap();
+        let sock = process_env(pid, "NOTIFY_SOCKET").unwrap();
         use std::os::unix::process::CommandExt;
         let out = Command::new("python3")
             .args(["-c", "import socket,sys; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b'STATUS=stranger', sys.argv[1])", &sock])
@@ -534,15 +508,7 @@ fn rss_kib(pid: i32) -> u64 {
 #[test]
 fn a_thousand_rollovers_leave_fds_and_memory_flat() {
     let mut h = start_fixture("thousand", &["--workers", "2"], vec![]);
-    let reload = |i: usize| match handoff::control::request(
-        &h.control,
-        &handoff::control::Request::Reload { if_changed: false },
-    ) {
-        Ok(handoff::control::Response::Reload(r)) => {
-            assert!(r.outcome.success(), "rollover {i}: {}", r.message)
-        }
-        other => panic!("rollover {i}: {other:?}"),
-    };
+    let reload = |i: usize| reload_ok(&h.control, &format!("rollover {i}"));
     for i in 0..100 {
         reload(i);
     }

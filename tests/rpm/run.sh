@@ -38,13 +38,6 @@ export SB_STATE=$W/sandbox
 . "$S"
 set +e   # sandbox.sh sets -e for its own use; the checks below handle failures themselves
 
-pass=0; fail=0; bg_pids=()
-ok()   { echo "PASS: $*"; pass=$((pass+1)); }
-bad()  { echo "FAIL: $*"; fail=$((fail+1)); }
-info() { echo "      $*"; }
-# check DESCRIPTION CMD...: PASS when CMD succeeds
-check() { local d=$1; shift; if "$@"; then ok "$d"; else bad "$d"; fi; }
-
 cleanup() {
   local p
   for p in "${bg_pids[@]}"; do kill "$p" 2>/dev/null; done
@@ -58,22 +51,10 @@ cleanup() {
   fi
   if [ "${KEEP_WORK:-0}" = 1 ]; then echo "work directory kept: $W"; else rm -rf "$W"; fi
 }
-on_exit() {
-  local rc=$?
-  [ -n "${watchdog:-}" ] && kill "$watchdog" 2>/dev/null
-  cleanup
-  echo "$pass passed, $fail failed"
-  if [ "$fail" != 0 ] || [ "$pass" = 0 ]; then exit 1; fi
-  exit "$rc"
-}
-trap on_exit EXIT
-trap 'echo "run.sh: interrupted"; fail=$((fail+1)); exit 1' INT TERM
-( sleep "${RUN_TIMEOUT:-900}"; echo "FAIL: run.sh overall timeout (${RUN_TIMEOUT:-900}s)"; kill -TERM $$ ) &
-watchdog=$!
+# shellcheck source=../lib/suite.sh
+. "$here/../lib/suite.sh"
 
 # ---- helpers -------------------------------------------------------------------------------------
-sx() { timeout "${SX_TIMEOUT:-60}" "$S" run "$@"; }            # a command inside the sandbox, bounded
-prop() { sx systemctl show -P "$2" "$1" 2>/dev/null; }          # prop UNIT PROPERTY
 CTL=/run/handoff-$APP/control.sock
 hstatus() { sx /usr/bin/handoff status --json --control "$CTL" 2>/dev/null; }
 hj() { hstatus | $PY -c "import json,sys; d=json.load(sys.stdin); print($1)" 2>/dev/null; }
@@ -91,7 +72,8 @@ jsince() { local c=$1; shift; sx journalctl --no-pager -q -o cat --after-cursor=
 loadgen_start() {  # loadgen_start NAME [ARGS...]
   local name=$1; shift
   rm -f "$W/stop.$name" "$W/load.$name.json"
-  $PY "$here/loadgen.py" --port "$PORT" --stop-file "$W/stop.$name" --out "$W/load.$name.json" "$@" &
+  $PY "$here/../lib/loadgen.py" --port "$PORT" --timeout 15 --pause-ms 5 \
+    --stop-file "$W/stop.$name" --out "$W/load.$name.json" "$@" &
   bg_pids+=($!); eval "load_pid_$name=$!"
 }
 loadgen_stop() { local pid; pid=$(eval echo "\$load_pid_$1"); touch "$W/stop.$1"; wait "$pid" 2>/dev/null; }

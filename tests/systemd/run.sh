@@ -22,11 +22,6 @@ export SB_STATE=$W/sandbox
 . "$S"
 set +e   # sandbox.sh sets -e for its own use; the checks below handle failures themselves
 
-pass=0; fail=0; bg_pids=()
-ok()   { echo "PASS: $*"; pass=$((pass+1)); }
-bad()  { echo "FAIL: $*"; fail=$((fail+1)); }
-info() { echo "      $*"; }
-
 cleanup() {
   local p
   touch "$W/stop" 2>/dev/null
@@ -42,22 +37,10 @@ cleanup() {
   sb_down >/dev/null 2>&1 || sb_down
   if [ "${KEEP_WORK:-0}" = 1 ] || [ "$fail" != 0 ]; then echo "work directory kept (journal.txt in it): $W"; else rm -rf "$W"; fi
 }
-on_exit() {
-  local rc=$?
-  [ -n "${watchdog:-}" ] && kill "$watchdog" 2>/dev/null
-  cleanup
-  echo "$pass passed, $fail failed"
-  if [ "$fail" != 0 ] || [ "$pass" = 0 ]; then exit 1; fi
-  exit "$rc"
-}
-trap on_exit EXIT
-trap 'echo "run.sh: interrupted"; fail=$((fail+1)); exit 1' INT TERM
-( sleep "${RUN_TIMEOUT:-900}"; echo "FAIL: run.sh overall timeout (${RUN_TIMEOUT:-900}s)"; kill -TERM $$ ) &
-watchdog=$!
+# shellcheck source=../lib/suite.sh
+. "$here/../lib/suite.sh"
 
 # ---- helpers -------------------------------------------------------------------------------------
-sx() { timeout "${SX_TIMEOUT:-60}" "$S" run "$@"; }           # a command inside the sandbox, bounded
-prop() { sx systemctl show -P "$2" "$1" 2>/dev/null; }         # prop UNIT PROPERTY
 ctl() { echo "/run/handoff-$1/control.sock"; }                 # control socket of app $1 (inside)
 hstatus() { sx "$BIN/handoff" status --json --control "$(ctl "$1")"; }
 # hj APP PYEXPR: evaluate a Python expression on `handoff status --json` (as d)
@@ -75,7 +58,7 @@ has_line() { grep -q -- "$2" "$1" 2>/dev/null; }
 loadgen_start() {  # loadgen_start NAME PORT [ARGS...]
   local name=$1 port=$2; shift 2
   rm -f "$W/stop.$name" "$W/load.$name.json"
-  $PY "$here/loadgen.py" --port "$port" --stop-file "$W/stop.$name" --out "$W/load.$name.json" "$@" &
+  $PY "$here/../lib/loadgen.py" --port "$port" --stop-file "$W/stop.$name" --out "$W/load.$name.json" "$@" &
   bg_pids+=($!); eval "load_pid_$name=$!"
 }
 loadgen_stop() {   # loadgen_stop NAME -> summary JSON in $W/load.NAME.json

@@ -46,14 +46,6 @@ pub enum Sub {
     },
 }
 
-/// The control socket a client uses: `--control`, else `--app` (the units' RuntimeDirectory=
-/// handoff-APP), else the default.
-pub fn client_control_path(control: Option<PathBuf>, app: Option<&str>) -> PathBuf {
-    control
-        .or_else(|| app.map(|a| PathBuf::from(format!("/run/handoff-{a}/control.sock"))))
-        .unwrap_or_else(crate::control::default_control_path)
-}
-
 /// Writes `handoff.1` and one page per subcommand into `dir`.
 pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
     use clap::CommandFactory;
@@ -150,9 +142,10 @@ impl RunArgs {
     }
 }
 
+/// Which running handoff a client command talks to.
 #[derive(Debug, Args)]
-pub struct ReloadArgs {
-    /// Control socket of the handoff to reload.
+pub struct ClientArgs {
+    /// Control socket of the handoff to talk to.
     #[arg(
         long,
         value_name = "PATH",
@@ -163,6 +156,26 @@ pub struct ReloadArgs {
     /// The app of the handoff@APP units: its control socket is /run/handoff-APP/control.sock.
     #[arg(long, value_name = "APP")]
     pub app: Option<String>,
+}
+
+impl ClientArgs {
+    /// `--control`, else `--app` (the units' RuntimeDirectory=handoff-APP), else the default.
+    pub fn control_path(&self) -> PathBuf {
+        self.control
+            .clone()
+            .or_else(|| {
+                self.app
+                    .as_ref()
+                    .map(|a| PathBuf::from(format!("/run/handoff-{a}/control.sock")))
+            })
+            .unwrap_or_else(crate::control::default_control_path)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// Only roll over if the version file changed since the running generation started.
     #[arg(long)]
     pub if_changed: bool,
@@ -170,17 +183,8 @@ pub struct ReloadArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Control socket of the handoff to ask.
-    #[arg(
-        long,
-        value_name = "PATH",
-        env = "HANDOFF_CONTROL",
-        conflicts_with = "app"
-    )]
-    pub control: Option<PathBuf>,
-    /// The app of the handoff@APP units: its control socket is /run/handoff-APP/control.sock.
-    #[arg(long, value_name = "APP")]
-    pub app: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// Machine-readable JSON.
     #[arg(long)]
     pub json: bool,

@@ -99,14 +99,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Sub::Reload(args) => reload(
-            handoff::cli::client_control_path(args.control, args.app.as_deref()),
-            args.if_changed,
-        ),
-        Sub::Status(args) => status(
-            handoff::cli::client_control_path(args.control, args.app.as_deref()),
-            args.json,
-        ),
+        Sub::Reload(args) => reload(args.client.control_path(), args.if_changed),
+        Sub::Status(args) => status(args.client.control_path(), args.json),
         Sub::Man { dir } => match handoff::cli::write_man_pages(&dir) {
             Ok(pages) => {
                 for p in pages {

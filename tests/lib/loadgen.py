@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Bounded HTTP load on a loopback address for the rpm upgrade tests; every failure is counted.
+"""Bounded HTTP load on a loopback address, counting every failure by kind (shared by the
+systemd and rpm suites).
 
-Each of --concurrency threads opens a new TCP connection per request (so every request goes
-through accept(), where a rollover would show), sends `GET /`, reads the whole answer and parses
-the example app's JSON ({"version", "generation", "pid", ...}). It stops when --stop-file exists
-or after --max-seconds, and writes a JSON summary to --out:
-  requests, ok, refused (nobody held the socket), reset (connection dropped), timeout,
-  bad (non-200 or not the app's JSON), by_version {version: count}, by_gen {gen: count},
-  errors (the first 20, with the time since start), duration_s.
+Each of --concurrency threads opens a new TCP connection per request (so every request goes through
+accept(), where a rollover or a restart would show), sends `GET PATH`, reads the whole answer and
+records the status and the generation and version the body names. It stops when --stop-file exists or after
+--max-seconds, whichever comes first, and writes a JSON summary to --out:
+  requests, ok, refused (ECONNREFUSED: nobody held the socket), reset (connection dropped),
+  timeout, bad (non-200 or unparsable), by_gen {gen: count}, by_version {version: count},
+  max_latency_ms, first errors, duration.
 Only loopback targets are accepted.
 """
 import argparse
@@ -18,10 +19,10 @@ import threading
 import time
 
 
-def one_request(host, port, timeout):
+def one_request(host, port, path, timeout):
     with socket.create_connection((host, port), timeout=timeout) as s:
         s.settimeout(timeout)
-        s.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         chunks = []
         while True:
             b = s.recv(65536)
@@ -36,23 +37,40 @@ def one_request(host, port, timeout):
     return status, body.decode(errors="replace")
 
 
+def identity(body):
+    """(generation, version) of an answer: the Egg example's JSON ({"generation", "version"})
+    or the example workers' text (`pid=1 gen=2 worker=0 version=1.0.0`)."""
+    try:
+        d = json.loads(body)
+        return str(d["generation"]), str(d["version"])
+    except (ValueError, KeyError, TypeError):
+        pass
+    gen = version = None
+    for tok in body.split():
+        if tok.startswith("gen="):
+            gen = tok[4:]
+        elif tok.startswith("version="):
+            version = tok[8:]
+    return gen, version
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--path", default="/")
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--max-seconds", type=float, default=120)
-    ap.add_argument("--timeout", type=float, default=15)
-    ap.add_argument("--pause-ms", type=float, default=5)
+    ap.add_argument("--timeout", type=float, default=10)
     ap.add_argument("--stop-file", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--pause-ms", type=float, default=1)
     a = ap.parse_args()
-    if not a.host.startswith("127."):
+    if not (a.host.startswith("127.") or a.host in ("::1", "localhost")):
         raise SystemExit("loadgen: loopback targets only")
 
     lock = threading.Lock()
-    st = {"requests": 0, "ok": 0, "refused": 0, "reset": 0, "timeout": 0, "bad": 0,
-          "by_version": {}, "by_gen": {}, "errors": []}
+    st = {"requests": 0, "ok": 0, "refused": 0, "reset": 0, "timeout": 0, "bad": 0, "by_gen": {}, "by_version": {}, "errors": [], "max_latency_ms": 0.0}
     t0 = time.monotonic()
     deadline = t0 + a.max_seconds
 
@@ -66,20 +84,21 @@ def main():
         while time.monotonic() < deadline and not os.path.exists(a.stop_file):
             with lock:
                 st["requests"] += 1
+            t_req = time.monotonic()
             try:
-                status, body = one_request(a.host, a.port, a.timeout)
-                try:
-                    d = json.loads(body)
-                    version, gen = d["version"], str(d["generation"])
-                except (ValueError, KeyError, TypeError):
-                    version = None
-                if " 200 " not in status + " " or version is None:
-                    note_error("bad", f"{status!r} {body[:100]!r}")
+                status, body = one_request(a.host, a.port, a.path, a.timeout)
+                ms = (time.monotonic() - t_req) * 1000
+                with lock:
+                    st["max_latency_ms"] = max(st["max_latency_ms"], round(ms, 1))
+                gen, version = identity(body)
+                if " 200 " not in status + " " or gen is None:
+                    note_error("bad", f"{status!r} {body[:80]!r}")
                 else:
                     with lock:
                         st["ok"] += 1
-                        st["by_version"][version] = st["by_version"].get(version, 0) + 1
                         st["by_gen"][gen] = st["by_gen"].get(gen, 0) + 1
+                        if version is not None:
+                            st["by_version"][version] = st["by_version"].get(version, 0) + 1
             except ConnectionRefusedError as e:
                 note_error("refused", e)
             except (socket.timeout, TimeoutError) as e:

@@ -1,0 +1,28 @@
+# tests/lib/suite.sh: the bookkeeping the shell suites (tests/systemd, tests/rpm) share.
+# Source it once the suite has defined cleanup() (and $S, the sandbox script): it sets up the
+# PASS/FAIL counters, an exit trap that runs cleanup and prints "N passed, N failed", and a
+# watchdog that fails the run after RUN_TIMEOUT seconds (default 900).
+# shellcheck shell=bash
+
+pass=0; fail=0; bg_pids=()
+ok()   { echo "PASS: $*"; pass=$((pass+1)); }
+bad()  { echo "FAIL: $*"; fail=$((fail+1)); }
+info() { echo "      $*"; }
+# check DESCRIPTION CMD...: PASS when CMD succeeds
+check() { local d=$1; shift; if "$@"; then ok "$d"; else bad "$d"; fi; }
+
+on_exit() {
+  local rc=$?
+  [ -n "${watchdog:-}" ] && kill "$watchdog" 2>/dev/null
+  cleanup
+  echo "$pass passed, $fail failed"
+  if [ "$fail" != 0 ] || [ "$pass" = 0 ]; then exit 1; fi
+  exit "$rc"
+}
+trap on_exit EXIT
+trap 'echo "run.sh: interrupted"; fail=$((fail+1)); exit 1' INT TERM
+( sleep "${RUN_TIMEOUT:-900}"; echo "FAIL: run.sh overall timeout (${RUN_TIMEOUT:-900}s)"; kill -TERM $$ ) &
+watchdog=$!
+
+sx() { timeout "${SX_TIMEOUT:-60}" "$S" run "$@"; }            # a command inside the sandbox, bounded
+prop() { sx systemctl show -P "$2" "$1" 2>/dev/null; }          # prop UNIT PROPERTY
