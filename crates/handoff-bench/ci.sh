@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The benchmark's CI mode: handoff (whole generation and --rolling) with the Rust example
+# worker, 2 workers, a few rollovers under load from new-connection and keep-alive clients.
+# It asserts correctness only: every rollover succeeds and no request fails. It never asserts
+# a timing. Exit 0 when clean, 1 when a request or rollover failed, 2 when the bench could not
+# run. About 7 s after the build; `timeout` bounds it at 110 s.
+#   crates/handoff-bench/ci.sh                 # debug build (what tests/run.sh builds)
+#   BENCH_PROFILE=release crates/handoff-bench/ci.sh
+# Needs nothing beyond the Rust toolchain (no Node.js, no Server::Starter).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+profile=${BENCH_PROFILE:-debug}
+build=(cargo build -q --locked -p handoff -p handoff-example-worker -p handoff-bench)
+[ "$profile" = release ] && build+=(--release)
+"${build[@]}"
+# timeout signals the bench's whole process group, handoff included, when time runs out.
+exec timeout 110 "target/$profile/handoff-bench" ci --rollovers "${BENCH_CI_ROLLOVERS:-10}"

@@ -1,0 +1,579 @@
+//! The subcommands of `handoff-bench`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::compare::{self, Kind, Plan};
+use crate::contenders::{Paths, free_ports, path_str, which};
+use crate::cost;
+use crate::load::{self, LoadSpec};
+use crate::stats::{Counts, Latency};
+use crate::svg;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "handoff-bench",
+    version,
+    about = "Benchmarks handoff against a plain restart, Server::Starter and PM2 under load"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Load generator alone: closed-loop clients against ADDR for a while, then a summary.
+    Load(LoadCmd),
+    /// Every contender, same worker, same load, K rollovers each: one table and a plot.
+    Compare(CompareCmd),
+    /// Supervisor cost: handoff's RSS, idle wakeups and CPU time per rollover.
+    Cost(CostCmd),
+    /// Rollover time with 1, 8, 64 workers and 1, 16 sockets.
+    Scale(ScaleCmd),
+    /// compare + cost + scale, into one report (OUT/report.md, OUT/latency.svg).
+    All(AllCmd),
+    /// Short correctness check for CI: handoff (whole and --rolling) through a few rollovers
+    /// under load; exit 1 on any failed request or rollover. Asserts no timing.
+    Ci(CiCmd),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct LoadOpts {
+    /// Clients that open a new connection per request.
+    #[arg(long, default_value_t = 4)]
+    pub clients: usize,
+    /// Clients that keep their connection alive.
+    #[arg(long, default_value_t = 4)]
+    pub keepalive_clients: usize,
+    /// Each client sends at most one request per this many microseconds (0: back to back).
+    #[arg(long, default_value_t = 2000)]
+    pub interval_us: u64,
+    /// Timeout of one request (connect, write, read), milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Common {
+    /// Where `handoff` and `handoff-example-worker` are (default: next to this binary).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// The pm2 npm package directory (default: target/bench-peers/node_modules/pm2, where
+    /// install-peers.sh puts it).
+    #[arg(long, env = "HANDOFF_BENCH_PM2")]
+    pub pm2_module: Option<PathBuf>,
+    /// Where results go (default: target/bench).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Workers per contender (start_server always runs one).
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadCmd {
+    /// Where to send requests (loopback only).
+    #[arg(long)]
+    pub addr: SocketAddr,
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    #[command(flatten)]
+    pub load: LoadOpts,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CompareOpts {
+    /// Rollovers for handoff, handoff --rolling and the plain restart (Rust worker).
+    #[arg(long, default_value_t = 1000)]
+    pub rollovers: usize,
+    /// Rollovers for start_server, PM2 and the Node.js rows (each takes a second or more).
+    #[arg(long, default_value_t = 100)]
+    pub peer_rollovers: usize,
+    /// Time limit for one contender's rollovers, seconds (the table says how many were done).
+    #[arg(long, default_value_t = 150)]
+    pub budget_secs: u64,
+    /// Steady state before the first rollover, seconds.
+    #[arg(long, default_value_t = 3)]
+    pub steady_secs: u64,
+    /// Pause between rollovers, milliseconds.
+    #[arg(long, default_value_t = 50)]
+    pub gap_ms: u64,
+    /// Only these contenders (comma-separated): handoff, handoff-rolling, plain-restart,
+    /// start-server, handoff-node, plain-restart-node, pm2.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// start_server's --interval, seconds (how long it waits before it believes a new worker
+    /// is up; its default is 1, and 0 means no wait at all).
+    #[arg(long, default_value_t = 1)]
+    pub starter_interval: u32,
+    #[command(flatten)]
+    pub load: LoadOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareCmd {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub opts: CompareOpts,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CostOpts {
+    /// Idle time over which wakeups are counted, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub idle_secs: u64,
+    /// Rollovers over which CPU time is averaged.
+    #[arg(long, default_value_t = 200)]
+    pub cost_rollovers: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct CostCmd {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub opts: CostOpts,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ScaleOpts {
+    /// Rollovers per shape.
+    #[arg(long, default_value_t = 20)]
+    pub scale_rollovers: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleCmd {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub opts: ScaleOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct AllCmd {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub compare: CompareOpts,
+    #[command(flatten)]
+    pub cost: CostOpts,
+    #[command(flatten)]
+    pub scale: ScaleOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct CiCmd {
+    #[command(flatten)]
+    pub common: Common,
+    /// Rollovers per handoff mode.
+    #[arg(long, default_value_t = 10)]
+    pub rollovers: usize,
+}
+
+pub fn run(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Load(c) => load_cmd(c),
+        Cmd::Compare(c) => {
+            let ctx = Ctx::new(&c.common)?;
+            let results = run_compare(&ctx, &c.common, &c.opts)?;
+            let text = compare_section(&results);
+            println!("{text}");
+            write_compare_outputs(&ctx, &results)?;
+            Ok(0)
+        }
+        Cmd::Cost(c) => {
+            let ctx = Ctx::new(&c.common)?;
+            let rows = run_cost(&ctx, &c.opts)?;
+            println!("{}", cost::cost_table(&rows));
+            Ok(0)
+        }
+        Cmd::Scale(c) => {
+            let ctx = Ctx::new(&c.common)?;
+            let rows = run_scale(&ctx, &c.opts)?;
+            println!("{}", cost::scale_table(&rows));
+            Ok(0)
+        }
+        Cmd::All(c) => all_cmd(c),
+        Cmd::Ci(c) => ci_cmd(c),
+    }
+}
+
+/// Paths and the run's scratch directory.
+struct Ctx {
+    paths: Paths,
+    out: PathBuf,
+}
+
+impl Ctx {
+    fn new(common: &Common) -> Result<Ctx> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .canonicalize()
+            .context("finding the workspace")?;
+        let bin_dir = match &common.bin_dir {
+            Some(d) => d.clone(),
+            None => std::env::current_exe()?
+                .parent()
+                .context("no directory of this binary")?
+                .to_path_buf(),
+        };
+        for b in ["handoff", "handoff-example-worker"] {
+            if !bin_dir.join(b).is_file() {
+                bail!(
+                    "{} not found; build it: cargo build --release -p handoff -p handoff-example-worker (or give --bin-dir)",
+                    bin_dir.join(b).display()
+                );
+            }
+        }
+        let out = common
+            .out
+            .clone()
+            .unwrap_or_else(|| root.join("target/bench"));
+        std::fs::create_dir_all(&out)?;
+        // Short paths (unix socket paths are limited to 107 bytes), on a tmpfs when there is
+        // one: handoff's runtime dir (its notify sockets, one bound per worker per rollover) is
+        // /run or $XDG_RUNTIME_DIR in production, both tmpfs; on a disk file system the inode
+        // churn of those sockets would be a large part of what the bench measures.
+        let base = if is_tmpfs(Path::new("/dev/shm")) {
+            PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        let tmp = base.join(format!("handoff-bench.{}", std::process::id()));
+        std::fs::create_dir_all(&tmp)?;
+        crate::cleanup::scratch_dir(tmp.clone());
+        let pm2_module = common
+            .pm2_module
+            .clone()
+            .unwrap_or_else(|| root.join("target/bench-peers/node_modules/pm2"));
+        Ok(Ctx {
+            paths: Paths {
+                bin_dir,
+                peers: root.join("crates/handoff-bench/peers"),
+                root,
+                pm2_module,
+                tmp,
+            },
+            out,
+        })
+    }
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        // HANDOFF_BENCH_KEEP=1 keeps the logs (handoff's, the workers', PM2's) for a look.
+        if std::env::var_os("HANDOFF_BENCH_KEEP").is_some() {
+            eprintln!("== kept {}", self.paths.tmp.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.paths.tmp);
+        }
+    }
+}
+
+/// Whether `dir` is a writable directory on a tmpfs.
+fn is_tmpfs(dir: &Path) -> bool {
+    nix::sys::statfs::statfs(dir)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+        && nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
+}
+
+fn load_spec(opts: &LoadOpts, addr: SocketAddr) -> LoadSpec {
+    LoadSpec {
+        addr,
+        new_conn_clients: opts.clients,
+        keepalive_clients: opts.keepalive_clients,
+        interval: Duration::from_micros(opts.interval_us),
+        timeout: Duration::from_millis(opts.timeout_ms),
+    }
+}
+
+fn load_cmd(c: LoadCmd) -> Result<i32> {
+    if !c.addr.ip().is_loopback() {
+        bail!(
+            "only loopback addresses (127.0.0.0/8, ::1) are allowed, not {}",
+            c.addr
+        );
+    }
+    let epoch = Instant::now();
+    let running = load::start(&load_spec(&c.load, c.addr), epoch);
+    std::thread::sleep(Duration::from_secs(c.seconds));
+    let rec = running.finish();
+    let counts = Counts::of(rec.samples.iter());
+    let lat = Latency::of(rec.samples.iter());
+    println!(
+        "{} requests in {} s ({:.0}/s), {} failed ({}); latency p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        counts.requests,
+        c.seconds,
+        counts.requests as f64 / c.seconds as f64,
+        counts.failed,
+        counts.failures_text(),
+        lat.p50_ms.unwrap_or(f64::NAN),
+        lat.p99_ms.unwrap_or(f64::NAN),
+        lat.max_ms.unwrap_or(f64::NAN)
+    );
+    for e in &rec.errors {
+        println!("  {e}");
+    }
+    Ok(if counts.failed == 0 { 0 } else { 1 })
+}
+
+fn plan(common: &Common, o: &CompareOpts) -> Result<Plan> {
+    let kinds = if o.only.is_empty() {
+        Kind::ALL.to_vec()
+    } else {
+        o.only
+            .iter()
+            .map(|s| {
+                Kind::parse(s).with_context(|| {
+                    format!(
+                        "unknown contender {s:?}; known: {}",
+                        Kind::ALL.map(|k| k.id()).join(", ")
+                    )
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    Ok(Plan {
+        kinds,
+        workers: common.workers,
+        rollovers: o.rollovers,
+        peer_rollovers: o.peer_rollovers,
+        budget: Duration::from_secs(o.budget_secs),
+        warmup: Duration::from_millis(500),
+        steady: Duration::from_secs(o.steady_secs),
+        gap: Duration::from_millis(o.gap_ms),
+        tail: Duration::from_millis(500),
+        new_conn_clients: o.load.clients,
+        keepalive_clients: o.load.keepalive_clients,
+        interval: Duration::from_micros(o.load.interval_us),
+        timeout: Duration::from_millis(o.load.timeout_ms),
+        starter_interval: o.starter_interval,
+    })
+}
+
+fn run_compare(
+    ctx: &Ctx,
+    common: &Common,
+    o: &CompareOpts,
+) -> Result<Vec<compare::ContenderResult>> {
+    let plan = plan(common, o)?;
+    let ports = free_ports(plan.kinds.len())?;
+    compare::run(&plan, &ctx.paths, &ports)
+}
+
+fn compare_section(results: &[compare::ContenderResult]) -> String {
+    let mut s = String::new();
+    s.push_str(&compare::table(results));
+    s.push('\n');
+    s.push_str(&compare::own_times_text(results));
+    s.push('\n');
+    s.push_str(&compare::details(results));
+    s.push('\n');
+    s.push_str(&compare::phases(results));
+    let errors: Vec<String> = results
+        .iter()
+        .flat_map(|r| {
+            r.rollover_errors
+                .iter()
+                .map(move |e| format!("- {} ({}): rollover failed: {e}", r.label, r.worker.name()))
+                .chain(
+                    r.client_errors
+                        .iter()
+                        .map(move |e| format!("- {} ({}): {e}", r.label, r.worker.name())),
+                )
+        })
+        .collect();
+    if !errors.is_empty() {
+        s.push_str("\nFirst failures seen by the clients and failed rollovers:\n\n");
+        s.push_str(&errors.join("\n"));
+        s.push('\n');
+    }
+    s
+}
+
+fn write_compare_outputs(ctx: &Ctx, results: &[compare::ContenderResult]) -> Result<()> {
+    let svg = svg::plot(
+        results,
+        "Latency of each request around rollovers (3 s from just before the 5th rollover)",
+    );
+    std::fs::write(ctx.out.join("latency.svg"), svg)?;
+    std::fs::write(
+        ctx.out.join("compare.json"),
+        serde_json::to_string_pretty(results)?,
+    )?;
+    std::fs::write(ctx.out.join("compare.md"), compare_section(results))?;
+    eprintln!(
+        "== wrote {}/latency.svg, compare.md, compare.json",
+        ctx.out.display()
+    );
+    Ok(())
+}
+
+fn run_cost(ctx: &Ctx, o: &CostOpts) -> Result<Vec<cost::CostResult>> {
+    let port = free_ports(1)?[0];
+    cost::cost(
+        &ctx.paths,
+        &[1, 64],
+        Duration::from_secs(o.idle_secs),
+        o.cost_rollovers,
+        port,
+    )
+}
+
+fn run_scale(ctx: &Ctx, o: &ScaleOpts) -> Result<Vec<cost::ScaleResult>> {
+    let ports = free_ports(16)?;
+    cost::scale(
+        &ctx.paths,
+        &[(1, 1), (8, 1), (64, 1), (1, 16), (8, 16)],
+        o.scale_rollovers,
+        &ports,
+    )
+}
+
+fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(cmd).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Date, machine, versions and the exact command.
+fn header(ctx: &Ctx) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map(|kib| kib / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default();
+    let handoff = command_output(&path_str(&ctx.paths.handoff()), &["--version"])
+        .unwrap_or_else(|| "?".into());
+    let node = which("node")
+        .and_then(|n| command_output(&path_str(&n), &["--version"]))
+        .unwrap_or_else(|| "not installed".into());
+    let pm2 = std::fs::read_to_string(ctx.paths.pm2_module.join("package.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["version"].as_str().map(String::from))
+        .unwrap_or_else(|| "not installed".into());
+    let starter = command_output(
+        "perl",
+        &["-MServer::Starter", "-e", "print $Server::Starter::VERSION"],
+    )
+    .unwrap_or_else(|| "not installed".into());
+    let args: Vec<String> = std::env::args().collect();
+    format!(
+        "- date: {date}\n- machine: {cores} cores ({cpu}), {mem_gib:.0} GiB memory, Linux {kernel}, shared with other work\n- versions: {handoff} (release build), Node.js {node}, pm2 {pm2}, Server::Starter {starter}\n- command: `{}`\n",
+        args.join(" ")
+    )
+}
+
+fn all_cmd(c: AllCmd) -> Result<i32> {
+    let ctx = Ctx::new(&c.common)?;
+    let t = Instant::now();
+    let results = run_compare(&ctx, &c.common, &c.compare)?;
+    write_compare_outputs(&ctx, &results)?;
+    let cost_rows = run_cost(&ctx, &c.cost)?;
+    let scale_rows = run_scale(&ctx, &c.scale)?;
+    let plan = plan(&c.common, &c.compare)?;
+    let report = format!(
+        "# handoff-bench report\n\n{}- took: {:.0} s\n- load: {} new-connection + {} keep-alive closed-loop clients, each at most one request per {} µs; request timeout {} ms; `GET /` answered by the worker\n- per contender: {:.1} s warm-up (not counted), {} s steady, then up to {} rollovers ({} for start_server, PM2 and the Node.js rows) {} ms apart, at most {} s of rollovers\n\n## Comparison\n\n{}\n## Supervisor cost (handoff, no load)\n\n{}\n## Scale (handoff, whole generation, no load)\n\n{}",
+        header(&ctx),
+        t.elapsed().as_secs_f64(),
+        plan.new_conn_clients,
+        plan.keepalive_clients,
+        plan.interval.as_micros(),
+        plan.timeout.as_millis(),
+        plan.warmup.as_secs_f64(),
+        plan.steady.as_secs(),
+        plan.rollovers,
+        plan.peer_rollovers,
+        plan.gap.as_millis(),
+        plan.budget.as_secs(),
+        compare_section(&results),
+        cost::cost_table(&cost_rows),
+        cost::scale_table(&scale_rows),
+    );
+    std::fs::write(ctx.out.join("report.md"), &report)?;
+    std::fs::write(
+        ctx.out.join("cost.json"),
+        serde_json::to_string_pretty(&(&cost_rows, &scale_rows))?,
+    )?;
+    println!("{report}");
+    eprintln!("== wrote {}/report.md", ctx.out.display());
+    Ok(0)
+}
+
+fn ci_cmd(c: CiCmd) -> Result<i32> {
+    let ctx = Ctx::new(&c.common)?;
+    let opts = CompareOpts {
+        rollovers: c.rollovers,
+        peer_rollovers: 0,
+        budget_secs: 40,
+        steady_secs: 1,
+        gap_ms: 100,
+        only: vec!["handoff".into(), "handoff-rolling".into()],
+        starter_interval: 1,
+        load: LoadOpts {
+            clients: 2,
+            keepalive_clients: 2,
+            interval_us: 2000,
+            timeout_ms: 5000,
+        },
+    };
+    let results = run_compare(&ctx, &c.common, &opts)?;
+    let mut bad = Vec::new();
+    for r in &results {
+        let line = format!(
+            "{}: {} rollovers, {} requests, {} failed ({})",
+            r.label,
+            r.rollovers,
+            r.counts.requests,
+            r.counts.failed,
+            r.counts.failures_text()
+        );
+        println!("bench-ci: {line}");
+        if r.counts.failed > 0
+            || !r.rollover_errors.is_empty()
+            || r.rollovers != c.rollovers
+            || r.counts.requests == 0
+        {
+            bad.push(line);
+            for e in r.rollover_errors.iter().chain(&r.client_errors) {
+                println!("bench-ci:   {e}");
+            }
+        }
+    }
+    if bad.is_empty() {
+        println!("bench-ci: ok, no failed request in any rollover");
+        Ok(0)
+    } else {
+        println!("bench-ci: FAILED: {}", bad.join("; "));
+        Ok(1)
+    }
+}
