@@ -16,8 +16,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -48,8 +48,9 @@ impl Conn for std::os::unix::net::UnixStream {
 
 struct Shared {
     draining: AtomicBool,
-    in_flight: AtomicUsize,
-    open_conns: AtomicUsize,
+    /// Open connections; the drain waits on the condvar until it reaches 0.
+    open_conns: Mutex<usize>,
+    all_closed: Condvar,
     identity: String,
 }
 
@@ -130,8 +131,8 @@ fn main() {
     let worker = std::env::var("HANDOFF_WORKER").unwrap_or_else(|_| "-".into());
     let shared = Arc::new(Shared {
         draining: AtomicBool::new(false),
-        in_flight: AtomicUsize::new(0),
-        open_conns: AtomicUsize::new(0),
+        open_conns: Mutex::new(0),
+        all_closed: Condvar::new(),
         identity: format!(
             "pid={} gen={generation} worker={worker} version={version}",
             std::process::id()
@@ -174,9 +175,11 @@ fn main() {
         let _ = a.join();
     }
     // Listeners are closed now; wait for open connections to finish their requests.
-    while shared.open_conns.load(Ordering::SeqCst) > 0 {
-        thread::sleep(Duration::from_millis(10));
+    let mut open = shared.open_conns.lock().unwrap();
+    while *open > 0 {
+        open = shared.all_closed.wait(open).unwrap();
     }
+    drop(open);
     log("drained, exiting", &shared.identity);
 }
 
@@ -237,11 +240,15 @@ fn accept_loop(l: Listener, shared: &Arc<Shared>, wake: &OwnedFd) {
                 }
             }
         };
-        shared.open_conns.fetch_add(1, Ordering::SeqCst);
+        *shared.open_conns.lock().unwrap() += 1;
         let shared = shared.clone();
         thread::spawn(move || {
             let _ = serve(conn, &shared);
-            shared.open_conns.fetch_sub(1, Ordering::SeqCst);
+            let mut open = shared.open_conns.lock().unwrap();
+            *open -= 1;
+            if *open == 0 {
+                shared.all_closed.notify_all();
+            }
         });
     }
 }
@@ -277,9 +284,7 @@ fn serve(conn: Box<dyn Conn>, shared: &Shared) -> io::Result<()> {
         reader
             .get_ref()
             .set_timeout(Some(Duration::from_secs(10)))?;
-        shared.in_flight.fetch_add(1, Ordering::SeqCst);
         let result = answer(&mut reader, &request_line, shared);
-        shared.in_flight.fetch_sub(1, Ordering::SeqCst);
         if !result? {
             return Ok(());
         }
