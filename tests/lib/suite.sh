@@ -10,6 +10,12 @@ bad()  { echo "FAIL: $*"; fail=$((fail+1)); }
 info() { echo "      $*"; }
 # check DESCRIPTION CMD...: PASS when CMD succeeds
 check() { local d=$1; shift; if "$@"; then ok "$d"; else bad "$d"; fi; }
+# For cleanup(): stop and reap the background helpers (load generators, lock holders) in bg_pids.
+stop_background() {
+  local p
+  for p in "${bg_pids[@]}"; do kill "$p" 2>/dev/null; done
+  for p in "${bg_pids[@]}"; do wait "$p" 2>/dev/null; done
+}
 
 on_exit() {
   local rc=$?

@@ -39,9 +39,7 @@ export SB_STATE=$W/sandbox
 set +e   # sandbox.sh sets -e for its own use; the checks below handle failures themselves
 
 cleanup() {
-  local p
-  for p in "${bg_pids[@]}"; do kill "$p" 2>/dev/null; done
-  for p in "${bg_pids[@]}"; do wait "$p" 2>/dev/null; done
+  stop_background
   if sb_alive; then
     if [ "$fail" != 0 ]; then
       echo "---- last journal lines of the sandbox (for the failures above) ----"

@@ -23,10 +23,8 @@ export SB_STATE=$W/sandbox
 set +e   # sandbox.sh sets -e for its own use; the checks below handle failures themselves
 
 cleanup() {
-  local p
   touch "$W/stop" 2>/dev/null
-  for p in "${bg_pids[@]}"; do kill "$p" 2>/dev/null; done
-  for p in "${bg_pids[@]}"; do wait "$p" 2>/dev/null; done
+  stop_background
   if sb_alive; then
     timeout 20 "$S" run journalctl --no-pager -o short-monotonic > "$W/journal.txt" 2>&1
     if [ "$fail" != 0 ]; then

@@ -315,10 +315,6 @@ impl Supervisor {
         self.shutdown.is_some() && self.workers.is_empty()
     }
 
-    fn now() -> Instant {
-        Instant::now()
-    }
-
     /// Sends `ev` to the loop at `at`. Handlers still check that the state the timer was armed
     /// for holds; the returned handle lets the owner cancel it early, so that fast rollovers
     /// do not pile up sleeping tasks until their (long) timeouts.
@@ -430,7 +426,7 @@ impl Supervisor {
             journal: journal.as_ref(),
         };
         let pid = spawn::spawn_worker(&spec).map_err(|e| e.to_string())?;
-        let now = Self::now();
+        let now = Instant::now();
         let tx = self.events.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -587,7 +583,7 @@ impl Supervisor {
         }
         let generation = self.next_generation;
         self.next_generation += 1;
-        let now = Self::now();
+        let now = Instant::now();
         self.generations.insert(generation, (now, version.clone()));
         info!(
             gen = generation,
@@ -750,7 +746,7 @@ impl Supervisor {
                 duration_ms: duration.as_millis() as u64,
                 ago_ms: 0,
             },
-            Self::now(),
+            Instant::now(),
         ));
         self.forget_idle_generations();
         // READY=1 ends the start (first generation) or the RELOADING=1 state, either way.
@@ -800,7 +796,7 @@ impl Supervisor {
             debug!(pid = w.pid.as_raw(), "drain signal: {e}");
         }
         w.cancel_timers();
-        let timer = self.at(Self::now() + timeout, Event::DrainDeadline(id));
+        let timer = self.at(Instant::now() + timeout, Event::DrainDeadline(id));
         self.workers
             .get_mut(&id)
             .expect("worker")
@@ -906,7 +902,7 @@ impl Supervisor {
             && w.state == WorkerState::Starting
         {
             // As systemd does: the deadline moves to "now + extension", if later.
-            let new = Self::now() + ext;
+            let new = Instant::now() + ext;
             if new > w.ready_deadline {
                 w.ready_deadline = new;
                 let timer = self.at(new, Event::ReadyDeadline(id));
@@ -930,7 +926,7 @@ impl Supervisor {
         let w = self.workers.get_mut(&id).expect("worker");
         w.cancel_timers();
         w.state = WorkerState::Ready;
-        w.ready_at = Some(Self::now());
+        w.ready_at = Some(Instant::now());
         info!(
             gen = w.generation,
             worker = w.slot,
@@ -945,7 +941,7 @@ impl Supervisor {
         let Some(w) = self.workers.get(&id) else {
             return;
         };
-        if w.state != WorkerState::Starting || Self::now() < w.ready_deadline {
+        if w.state != WorkerState::Starting || Instant::now() < w.ready_deadline {
             return;
         }
         let reason = format!(
@@ -1080,7 +1076,7 @@ impl Supervisor {
             .min(RESTART_MAX);
         s.crashes += 1;
         s.cancel_restart();
-        let at = Self::now() + delay;
+        let at = Instant::now() + delay;
         s.restart_at = Some(at);
         info!(
             worker = slot,
@@ -1243,7 +1239,7 @@ impl Supervisor {
     }
 
     fn status_report(&self) -> StatusReport {
-        let now = Self::now();
+        let now = Instant::now();
         let ms = |d: Duration| d.as_millis() as u64;
         let mut workers: Vec<WorkerStatus> = self
             .workers
