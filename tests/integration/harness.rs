@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use handoff::control::{self, Request, Response, StatusReport};
+use handoff_common::protocol::{self as control, Request, Response, StatusReport};
 
 /// `target/debug` (or wherever this test binary was built).
 pub fn bin_dir() -> PathBuf {
@@ -22,13 +22,37 @@ pub fn bin_dir() -> PathBuf {
 }
 
 pub fn bin(name: &str) -> PathBuf {
+    build_binaries_once();
     let p = bin_dir().join(name);
     assert!(
         p.exists(),
-        "{} missing: run `cargo build --workspace --bins` first (tests/run.sh does)",
+        "{} missing after `cargo build --workspace --bins`",
         p.display()
     );
     p
+}
+
+/// The tests drive the workspace's binaries (handoff, the fixture and example workers), which
+/// `cargo test` does not build for a test of another package: build them once per test run,
+/// with the cargo that runs the tests. A no-op when they are up to date (tests/run.sh builds
+/// them first).
+fn build_binaries_once() {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO")
+            .or_else(|| option_env!("CARGO").map(Into::into))
+            .unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--workspace", "--bins"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if bin_dir().ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .status()
+            .expect("running cargo build for the test binaries");
+        assert!(status.success(), "cargo build --workspace --bins failed");
+    });
 }
 
 pub fn handoff_bin() -> PathBuf {
@@ -139,7 +163,7 @@ impl Handoff {
     }
 
     pub fn status(&self) -> Option<StatusReport> {
-        match control::request(&self.control, &Request::Status) {
+        match control::request(&self.control, &Request::Status, None) {
             Ok(Response::Status(r)) => Some(*r),
             _ => None,
         }
@@ -261,7 +285,7 @@ pub fn process_env(pid: i32, key: &str) -> Option<String> {
 
 /// A reload over the control socket that must succeed (`what` names it in the panic).
 pub fn reload_ok(control: &Path, what: &str) {
-    match control::request(control, &Request::Reload { if_changed: false }) {
+    match control::request(control, &Request::Reload { if_changed: false }, None) {
         Ok(Response::Reload(r)) => assert!(r.outcome.success(), "{what}: {}", r.message),
         other => panic!("{what}: {other:?}"),
     }

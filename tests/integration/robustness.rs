@@ -178,10 +178,15 @@ fn another_user_cannot_notify_for_a_worker() {
         .gid(65534)
         .output()
         .unwrap();
+    // EX_NOPERM, with the command that works.
     assert_eq!(
         out.status.code(),
-        Some(69),
+        Some(77),
         "another user reached the control socket: {out:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sudo"),
+        "{out:?}"
     );
     assert!(h.stop().success());
 }
@@ -254,7 +259,11 @@ fn bad_usage_exits_64_and_unreachable_handoff_69() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(69));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach handoff"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no handoff is running") && err.contains("--app"),
+        "{err}"
+    );
     let out = Command::new(handoff_bin())
         .args([
             "run",
@@ -567,8 +576,12 @@ fn a_notify_flood_before_ready_does_not_hide_ready_or_stall_handoff() {
             let t = Instant::now();
             while t.elapsed() < Duration::from_millis(500) {
                 let q = Instant::now();
-                let _ = handoff::control::request(&control, &handoff::control::Request::Status)
-                    .unwrap();
+                let _ = handoff_common::protocol::request(
+                    &control,
+                    &handoff_common::protocol::Request::Status,
+                    None,
+                )
+                .unwrap();
                 worst = worst.max(q.elapsed());
             }
             worst
@@ -638,9 +651,10 @@ fn reload_during_shutdown_is_refused_and_sighup_interleaves_with_reloads() {
         .map(|_| {
             let control = h.control.clone();
             std::thread::spawn(move || {
-                handoff::control::request(
+                handoff_common::protocol::request(
                     &control,
-                    &handoff::control::Request::Reload { if_changed: false },
+                    &handoff_common::protocol::Request::Reload { if_changed: false },
+                    None,
                 )
             })
         })
@@ -651,7 +665,7 @@ fn reload_during_shutdown_is_refused_and_sighup_interleaves_with_reloads() {
     }
     for c in callers {
         match c.join().unwrap() {
-            Ok(handoff::control::Response::Reload(r)) => {
+            Ok(handoff_common::protocol::Response::Reload(r)) => {
                 assert!(r.outcome.success(), "{}", r.message)
             }
             other => panic!("{other:?}"),

@@ -6,7 +6,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use handoff::control::{self, Outcome, Request, Response};
+use handoff_common::protocol::{self as control, Outcome, Request, Response};
 
 use crate::harness::*;
 
@@ -262,7 +262,8 @@ fn rolling_mode_never_drops_below_n_minus_1_ready() {
         let (stop, samples, control) = (stop.clone(), samples.clone(), h.control.clone());
         thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                if let Ok(Response::Status(st)) = control::request(&control, &Request::Status) {
+                if let Ok(Response::Status(st)) = control::request(&control, &Request::Status, None)
+                {
                     let starting = st.workers.iter().filter(|w| w.state == "starting").count();
                     samples.lock().unwrap().push((
                         st.ready,
@@ -320,7 +321,7 @@ fn a_storm_of_50_reloads_coalesces_and_every_caller_is_answered() {
             let (barrier, control) = (barrier.clone(), h.control.clone());
             thread::spawn(move || {
                 barrier.wait();
-                control::request(&control, &Request::Reload { if_changed: false })
+                control::request(&control, &Request::Reload { if_changed: false }, None)
             })
         })
         .collect();
@@ -518,9 +519,12 @@ fn supervision_restarts_a_crashed_worker_with_backoff() {
         st.slots[victim.slot].crashes
     );
     // The backoff doubles: after 4 crashes the delay is 800 ms (minus time already waited).
+    let slot = victim.slot;
     assert!(
-        h.log().contains("restarting worker in 800 ms")
-            || h.log().contains("restarting worker in 1.6 s"),
+        h.log()
+            .contains(&format!("restarting worker {slot} in 800 ms"))
+            || h.log()
+                .contains(&format!("restarting worker {slot} in 1.6 s")),
         "no growing backoff in log:\n{}",
         h.log()
     );

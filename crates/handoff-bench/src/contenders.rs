@@ -15,12 +15,13 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use handoff_common::protocol::{self, Outcome, Request, Response, StatusReport};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -242,51 +243,32 @@ impl Handoff {
         self.cfg.dir.join("handoff.log")
     }
 
-    /// One request on the control socket: `{"cmd":...}` in, the answer's JSON out.
-    pub fn request(&self, req: &str) -> Result<Value> {
+    /// One request on the control socket, through the protocol handoff's own CLI uses.
+    fn request(&self, req: &Request) -> Result<Response> {
         let path = self.control();
-        let mut s = UnixStream::connect(&path)
-            .with_context(|| format!("connecting to {}", path.display()))?;
-        s.set_read_timeout(Some(ROLLOVER_TIMEOUT))?;
-        s.write_all(format!("{req}\n").as_bytes())?;
-        let mut line = String::new();
-        BufReader::new(&s).read_line(&mut line)?;
-        let v: Value = serde_json::from_str(&line)
-            .with_context(|| format!("handoff answered {line:?} to {req}"))?;
-        if let Some(e) = v.get("error") {
-            bail!("handoff refused {req}: {e}");
-        }
-        Ok(v)
+        protocol::request(&path, req, Some(ROLLOVER_TIMEOUT))
+            .with_context(|| format!("{req:?} on {}", path.display()))
     }
 
-    pub fn status(&self) -> Result<Value> {
-        let v = self.request(r#"{"cmd":"status"}"#)?;
-        v.get("status").cloned().context("no status in the answer")
+    pub fn status(&self) -> Result<StatusReport> {
+        match self.request(&Request::Status)? {
+            Response::Status(st) => Ok(*st),
+            other => bail!("unexpected answer to status: {other:?}"),
+        }
     }
 
     /// Pids of every worker handoff has now.
     pub fn worker_pids(&self) -> Result<Vec<i32>> {
-        let st = self.status()?;
-        Ok(st["workers"]
-            .as_array()
-            .context("no workers in status")?
-            .iter()
-            .filter_map(|w| w["pid"].as_i64().map(|p| p as i32))
-            .collect())
+        Ok(self.status()?.workers.iter().map(|w| w.pid).collect())
     }
 
     /// Sends a reload and waits for its answer; returns handoff's own `duration_ms`.
     pub fn reload(&self) -> Result<u64> {
-        let v = self.request(r#"{"cmd":"reload"}"#)?;
-        let r = v.get("reload").context("no reload answer")?;
-        if r["outcome"] != "ok" {
-            bail!(
-                "reload {}: {}",
-                r["outcome"],
-                r["message"].as_str().unwrap_or("")
-            );
+        match self.request(&Request::Reload { if_changed: false })? {
+            Response::Reload(r) if r.outcome == Outcome::Ok => Ok(r.duration_ms),
+            Response::Reload(r) => bail!("reload {}: {}", r.outcome, r.message),
+            other => bail!("unexpected answer to reload: {other:?}"),
         }
-        Ok(r["duration_ms"].as_u64().unwrap_or(0))
     }
 
     fn alive(&mut self) -> Result<()> {
@@ -339,8 +321,8 @@ impl Contender for Handoff {
         loop {
             self.alive()?;
             if let Ok(st) = self.status()
-                && st["ready"].as_u64() == Some(self.cfg.workers as u64)
-                && st["rolling_over_to"].is_null()
+                && st.ready == self.cfg.workers
+                && st.rolling_over_to.is_none()
             {
                 break;
             }

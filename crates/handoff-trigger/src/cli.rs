@@ -8,7 +8,7 @@ use clap::Parser;
 use crate::Options;
 use crate::handoff::{Reloader, default_handoff_bin};
 use crate::rpmlock::DEFAULT_RPM_LOCK;
-use handoff::duration::parse as parse_duration;
+use handoff_common::duration::parse as parse_duration;
 
 /// Roll a handoff app over once a new release has settled in its install directory.
 ///

@@ -1,22 +1,15 @@
-//! The trigger's errors and their exit codes (sysexits.h, as handoff uses them).
+//! The trigger's errors and the exit code each maps to.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::release::ReleaseError;
 
-/// `handoff reload`: the rollover failed and was rolled back (or refused).
-pub const EXIT_ROLLED_BACK: i32 = 1;
-/// EX_USAGE: bad command line.
-pub const EXIT_USAGE: i32 = 64;
-/// EX_DATAERR: the release's package.json is invalid.
-pub const EXIT_INVALID_RELEASE: i32 = 65;
-/// EX_UNAVAILABLE: handoff could not be reached.
-pub const EXIT_UNAVAILABLE: i32 = 69;
-/// EX_SOFTWARE: anything else that went wrong.
-pub const EXIT_SOFTWARE: i32 = 70;
-/// EX_TEMPFAIL: the install did not settle, or the rollover took too long; try again later.
-pub const EXIT_TEMPFAIL: i32 = 75;
+// The exit codes are handoff's own (one table for both binaries: handoff_common::exit).
+pub use handoff_common::exit::{
+    FAILED as EXIT_ROLLED_BACK, INVALID_RELEASE as EXIT_INVALID_RELEASE, SOFTWARE as EXIT_SOFTWARE,
+    TEMPFAIL as EXIT_TEMPFAIL, UNAVAILABLE as EXIT_UNAVAILABLE, USAGE as EXIT_USAGE,
+};
 
 /// Why a trigger run did not end in "nothing to do" or "rolled over".
 #[derive(Debug, thiserror::Error)]

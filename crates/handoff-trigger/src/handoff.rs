@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use handoff_common::exit;
+
 use crate::error::TriggerError;
 
 /// How to reach handoff.
@@ -73,9 +75,9 @@ impl Reloader {
             }
         };
         match status.code() {
-            Some(0) => Ok(()),
-            Some(1) => Err(TriggerError::RolledBack { code: 1 }),
-            Some(69) => Err(TriggerError::Unavailable { code: 69 }),
+            Some(exit::OK) => Ok(()),
+            Some(code @ exit::FAILED) => Err(TriggerError::RolledBack { code }),
+            Some(code @ exit::UNAVAILABLE) => Err(TriggerError::Unavailable { code }),
             Some(code) => Err(TriggerError::HandoffFailed {
                 bin: self.bin.clone(),
                 detail: format!("exit code {code}"),

@@ -18,10 +18,12 @@
 pub mod cli;
 pub mod error;
 pub mod handoff;
-pub mod release;
 pub mod rpmlock;
 pub mod settle;
 pub mod watch;
+
+/// The release marker is shared with handoff, which hashes it the same way.
+pub use handoff_common::release;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -7,26 +7,6 @@ use clap::Parser;
 use handoff_trigger::cli::Cli;
 use handoff_trigger::error::{EXIT_SOFTWARE, EXIT_USAGE};
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    // Under systemd the journal adds timestamps; don't print them twice.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        fmt.without_time().with_ansi(false).init();
-    } else {
-        fmt.init();
-    }
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -51,7 +31,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_logging(cli.verbose);
+    handoff_common::logging::init(cli.verbose);
     let opts = match std::env::current_dir()
         .context("cannot determine the current directory")
         .and_then(|cwd| cli.into_options(&cwd).map_err(anyhow::Error::msg))

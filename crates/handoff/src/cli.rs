@@ -163,12 +163,8 @@ impl ClientArgs {
     pub fn control_path(&self) -> PathBuf {
         self.control
             .clone()
-            .or_else(|| {
-                self.app
-                    .as_ref()
-                    .map(|a| PathBuf::from(format!("/run/handoff-{a}/control.sock")))
-            })
-            .unwrap_or_else(crate::control::default_control_path)
+            .or_else(|| self.app.as_deref().map(crate::paths::app_control))
+            .unwrap_or_else(crate::paths::default_control_path)
     }
 }
 

@@ -7,9 +7,10 @@ use anyhow::Context;
 use clap::Parser;
 use handoff::cli::{Cli, RunArgs, Sub};
 use handoff::config::{self, ConfigError};
-use handoff::control::{self, ClientError, Request, Response};
 use handoff::exit;
 use handoff::notify::SystemdNotifier;
+use handoff::paths;
+use handoff::protocol::{self, ClientError, Request, Response};
 use handoff::supervisor::{self, Runtime};
 
 /// What `main` captured from the environment before anything else ran.
@@ -49,12 +50,7 @@ fn take_inherited() -> anyhow::Result<Inherited> {
     // environment concurrently.
     #[allow(unsafe_code)]
     unsafe {
-        for var in [
-            "NOTIFY_SOCKET",
-            "LISTEN_PID",
-            "LISTEN_FDS",
-            "LISTEN_FDNAMES",
-        ] {
+        for var in handoff::contract::HANDOFF_ONLY {
             std::env::remove_var(var);
         }
     }
@@ -90,7 +86,7 @@ fn main() -> ExitCode {
     };
     let code = match cli.command {
         Sub::Run(args) => {
-            handoff::logging::init(cli.verbose);
+            handoff_common::logging::init(cli.verbose);
             match inherited {
                 Ok(inh) => run(args, inh),
                 Err(e) => {
@@ -210,13 +206,13 @@ fn prepare_and_run(
     let runtime_dir = settings
         .runtime_dir
         .clone()
-        .unwrap_or_else(control::default_runtime_dir);
-    supervisor::make_private_dir(&runtime_dir, credentials.is_some())
+        .unwrap_or_else(paths::default_runtime_dir);
+    paths::make_private_dir(&runtime_dir, credentials.is_some())
         .with_context(|| format!("cannot create runtime dir {}", runtime_dir.display()))?;
     let control_path = settings
         .control
         .clone()
-        .unwrap_or_else(|| runtime_dir.join("control.sock"));
+        .unwrap_or_else(|| paths::control_in(&runtime_dir));
     let notifier = SystemdNotifier::new(inh.notify_socket.as_deref()).context("NOTIFY_SOCKET")?;
     let rt = Runtime {
         settings,
@@ -238,21 +234,17 @@ fn prepare_and_run(
 
 fn client_error(e: ClientError) -> i32 {
     eprintln!("handoff: {e}");
-    match e {
-        ClientError::Connect { .. } => exit::UNAVAILABLE,
-        ClientError::Refused(_) => exit::FAILED,
-        _ => exit::SOFTWARE,
-    }
+    e.exit_code()
 }
 
 fn reload(path: PathBuf, if_changed: bool) -> i32 {
-    match control::request(&path, &Request::Reload { if_changed }) {
+    match protocol::request(&path, &Request::Reload { if_changed }, None) {
         Ok(Response::Reload(r)) => {
             if r.outcome.success() {
                 println!("{}", r.message);
                 0
             } else {
-                eprintln!("handoff: reload failed ({:?}): {}", r.outcome, r.message);
+                eprintln!("handoff: reload failed ({}): {}", r.outcome, r.message);
                 exit::FAILED
             }
         }
@@ -265,7 +257,7 @@ fn reload(path: PathBuf, if_changed: bool) -> i32 {
 }
 
 fn status(path: PathBuf, json: bool) -> i32 {
-    match control::request(&path, &Request::Status) {
+    match protocol::request(&path, &Request::Status, None) {
         Ok(Response::Status(r)) => {
             if json {
                 println!(

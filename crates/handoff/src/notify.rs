@@ -153,6 +153,19 @@ impl NotifySocket {
     }
 }
 
+impl NotifySocket {
+    /// Takes one datagram already queued, without waiting; `None` when there is none. Reads
+    /// the socket directly, not through the runtime's readiness cache, so it also sees what
+    /// arrived while handoff was stopped and the runtime has not been told about yet.
+    pub fn try_recv(&self) -> io::Result<Option<Received>> {
+        match recv_one(self.sock.as_raw_fd(), &self.allowed_uids) {
+            Ok(r) => Ok(Some(r)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 impl Drop for NotifySocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);

@@ -3,8 +3,8 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use crate::control::StatusReport;
 use crate::duration::human;
+use crate::protocol::StatusReport;
 
 fn ago(ms: u64) -> String {
     human(Duration::from_millis(ms))
@@ -97,7 +97,7 @@ pub fn status(r: &StatusReport) -> String {
         Some(l) => {
             let _ = writeln!(
                 o,
-                "last rollover: generation {} {:?} in {}, {} ago: {}",
+                "last rollover: generation {} {} in {}, {} ago: {}",
                 l.generation,
                 l.outcome,
                 ago(l.duration_ms),

@@ -2,8 +2,9 @@
 //!
 //! This is the one module that forks. Everything the child needs (argv, envp, the fd list, the
 //! `LISTEN_PID=` slot) is allocated before `fork`; after it, the child only makes
-//! async-signal-safe calls (the supervisor has threads, and a forked child of a threaded
-//! process may deadlock on any lock, including the allocator's) and then `execve`s. An exec
+//! async-signal-safe calls and then `execve`s: another thread (tokio's blocking pool) may
+//! hold a lock at the moment of the fork, the allocator's included, and the child would
+//! deadlock on it. An exec
 //! failure travels back to the parent over a CLOEXEC pipe, as std's `Command` does it.
 #![allow(unsafe_code)]
 
@@ -15,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::signal::Signal;
 use nix::unistd::{ForkResult, Pid};
+
+use crate::journal::JournalStream;
 
 /// Everything needed to start one worker process.
 pub struct WorkerSpec<'a> {
@@ -32,44 +35,6 @@ pub struct WorkerSpec<'a> {
     pub credentials: Option<&'a Credentials>,
     /// Connect stdout/stderr to journald under this identifier (see [`JournalStream`]).
     pub journal: Option<&'a JournalStream>,
-}
-
-/// A journald stdout stream for a worker, opened by the child itself after fork, so the
-/// journal records the worker's own pid and unit, under an identifier that names its
-/// generation (`node@g7`). This is the protocol systemd uses for a service's stdout.
-pub struct JournalStream {
-    addr: libc::sockaddr_un,
-    addr_len: libc::socklen_t,
-    /// The stream header: identifier, unit id, priority, level prefix, forwarding flags.
-    header: Vec<u8>,
-}
-
-impl JournalStream {
-    pub const SOCKET: &'static str = "/run/systemd/journal/stdout";
-
-    /// `unit` (handoff's own unit, e.g. `handoff@app.service`) goes into the header: journald
-    /// uses it when a worker exits before journald could read which unit its pid belongs to.
-    pub fn new(identifier: &str, unit: &str) -> JournalStream {
-        // SAFETY: sockaddr_un is plain old data; all-zero is a valid (empty) value.
-        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        let path = Self::SOCKET.as_bytes();
-        for (i, b) in path.iter().enumerate() {
-            addr.sun_path[i] = *b as libc::c_char;
-        }
-        let addr_len =
-            (std::mem::size_of::<libc::sa_family_t>() + path.len() + 1) as libc::socklen_t;
-        let clean = |t: &str| t.chars().filter(|c| !c.is_control()).collect::<String>();
-        let (ident, unit) = (clean(identifier), clean(unit));
-        // identifier, unit id, priority 6 (info), level prefix on (a line starting "<3>" is an
-        // error), no syslog/kmsg/console forwarding: what systemd itself sends for a service.
-        let header = format!("{ident}\n{unit}\n6\n1\n0\n0\n0\n").into_bytes();
-        JournalStream {
-            addr,
-            addr_len,
-            header,
-        }
-    }
 }
 
 /// Who workers run as, resolved once at start (name lookups are not fork-safe).
@@ -130,15 +95,6 @@ impl Credentials {
 
 /// Finds `name` on `PATH` (when it has no slash), so a missing program is reported by handoff
 /// before any fork, and the child can use plain `execve`.
-/// The systemd unit this process runs in (`handoff@app.service`), from its cgroup path.
-pub fn own_unit() -> Option<String> {
-    let cg = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = cg.lines().find_map(|l| l.strip_prefix("0::"))?;
-    path.rsplit('/')
-        .find(|c| c.ends_with(".service") || c.ends_with(".scope"))
-        .map(str::to_string)
-}
-
 pub fn resolve_program(name: &str, path_env: Option<&OsStr>) -> io::Result<PathBuf> {
     if name.contains('/') {
         let p = PathBuf::from(name);

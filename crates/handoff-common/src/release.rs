@@ -1,10 +1,79 @@
-//! The release marker: `package.json` of the installed app. A release is taken only when the file
-//! parses as a JSON object; its content hash is what handoff compares with the running generation's.
+//! A release's identity: the app's `package.json`. handoff records it per generation and
+//! `reload --if-changed` compares its content hash with the running generation's;
+//! `handoff-trigger` takes a release only when the file parses as a JSON object. Both read it
+//! with [`read_bounded`]: the file belongs to the release, not to handoff, so it may be a FIFO,
+//! a symlink to `/dev/zero` or a gigabyte of garbage.
 
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+
+use crate::protocol::VersionInfo;
+
+/// No `package.json` is this large; anything larger is not read.
+pub const MAX_SIZE: u64 = 1024 * 1024;
+
+/// Hex SHA-256 of `bytes`: the identity two readers of one release agree on.
+pub fn hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Reads a regular file of at most [`MAX_SIZE`] bytes. Opens with `O_NONBLOCK` so a FIFO put
+/// in its place cannot block the caller, then refuses anything but a regular file.
+pub fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len().min(MAX_SIZE) as usize);
+    file.take(MAX_SIZE + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_SIZE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {} KiB", MAX_SIZE / 1024),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// What handoff records for a generation. Never fails: problems go into `error`.
+pub fn version_info(path: &Path) -> VersionInfo {
+    match read_bounded(path) {
+        Ok(bytes) => version_info_from(path, &bytes),
+        Err(e) => VersionInfo {
+            path: path.to_path_buf(),
+            version: None,
+            hash: String::new(),
+            error: Some(format!("cannot read {}: {e}", path.display())),
+        },
+    }
+}
+
+pub fn version_info_from(path: &Path, bytes: &[u8]) -> VersionInfo {
+    let (version, error) = match check_release(path, bytes) {
+        Ok(r) => (r.version, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    VersionInfo {
+        path: path.to_path_buf(),
+        version,
+        hash: hash(bytes),
+        error,
+    }
+}
 
 /// What a valid `package.json` tells about the release.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,16 +157,15 @@ pub fn check_release(path: &Path, bytes: &[u8]) -> Result<Release, ReleaseError>
             });
         }
     };
-    let sha256 = Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok(Release { version, sha256 })
+    Ok(Release {
+        version,
+        sha256: hash(bytes),
+    })
 }
 
 /// Reads and checks `path`.
 pub fn read_release(path: &Path) -> Result<Release, ReleaseError> {
-    let bytes = std::fs::read(path).map_err(|source| {
+    let bytes = read_bounded(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
             ReleaseError::Missing {
                 path: path.to_owned(),
@@ -201,6 +269,54 @@ mod tests {
     fn bom_is_accepted() {
         let r = check("\u{feff}{\"version\":\"3.0.0\"}").unwrap();
         assert_eq!(r.version.as_deref(), Some("3.0.0"));
+    }
+
+    #[test]
+    fn version_info_records_problems_and_the_hash() {
+        let p = Path::new("p.json");
+        let v = version_info_from(p, br#"{"name":"app","version":"1.2.3"}"#);
+        assert_eq!(v.version.as_deref(), Some("1.2.3"));
+        assert_eq!(v.hash.len(), 64);
+        assert!(v.error.is_none());
+        let bad = version_info_from(p, br#"{"name":"app","vers"#);
+        assert!(bad.error.unwrap().contains("not valid JSON"));
+        let missing = version_info(Path::new("/nonexistent/package.json"));
+        assert!(missing.error.unwrap().contains("cannot read"));
+    }
+
+    #[test]
+    fn only_small_regular_files_are_read() {
+        let dir = std::env::temp_dir().join(format!("handoff-release-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // A FIFO must not block (nobody ever writes to it).
+        let fifo = dir.join("fifo.json");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let e = read_bounded(&fifo).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        // /dev/zero behind a symlink: refused, nothing read.
+        let zero = dir.join("zero.json");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert!(read_bounded(&zero).is_err());
+        // Too large.
+        let big = dir.join("big.json");
+        std::fs::write(&big, vec![b' '; MAX_SIZE as usize + 1]).unwrap();
+        assert!(
+            read_bounded(&big)
+                .unwrap_err()
+                .to_string()
+                .contains("larger than")
+        );
+        assert!(version_info(&big).error.unwrap().contains("larger than"));
+        std::fs::write(&big, br#"{"version":"1"}"#).unwrap();
+        assert_eq!(read_bounded(&big).unwrap(), br#"{"version":"1"}"#);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -1,0 +1,311 @@
+//! The control socket protocol: how `handoff reload`, `handoff status`, `handoff-trigger` and
+//! the benchmark talk to a running handoff.
+//!
+//! A unix stream socket (mode 0600, in the 0700 runtime dir). One request per connection, one
+//! line of JSON each way: `{"cmd":"reload","if_changed":false}` or `{"cmd":"status"}`. A reload
+//! answer comes only when the rollover that covers the request has ended (bounded by the
+//! ready timeout). The server side lives in `handoff::control`.
+
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::exit;
+
+/// The longest request line the server reads.
+pub const MAX_REQUEST: u64 = 4096;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    Reload {
+        /// Skip the rollover when the version file is unchanged since the running generation.
+        #[serde(default)]
+        if_changed: bool,
+    },
+    Status,
+}
+
+/// How a reload ended.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The new generation serves.
+    Ok,
+    /// `if_changed` and nothing changed: no rollover.
+    Unchanged,
+    /// The new generation failed; the old one still serves.
+    RolledBack,
+    /// A rolling rollover failed after replacing some workers: both generations serve.
+    Partial,
+    /// Not attempted (shutting down, version file unreadable with `if_changed`).
+    Refused,
+}
+
+impl Outcome {
+    pub fn success(self) -> bool {
+        matches!(self, Outcome::Ok | Outcome::Unchanged)
+    }
+}
+
+/// The one way an outcome is written for people (status, logs, client errors).
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Outcome::Ok => "ok",
+            Outcome::Unchanged => "unchanged",
+            Outcome::RolledBack => "rolled back",
+            Outcome::Partial => "partial",
+            Outcome::Refused => "refused",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReloadReply {
+    pub outcome: Outcome,
+    /// The generation that serves now.
+    pub generation: u64,
+    pub message: String,
+    pub duration_ms: u64,
+}
+
+/// The recorded identity of what a generation was started from (the app's `package.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub path: PathBuf,
+    /// The `version` field, when the file is JSON with one.
+    pub version: Option<String>,
+    /// SHA-256 of the file's bytes, hex.
+    pub hash: String,
+    /// Why the file could not be read or parsed, if so.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkerStatus {
+    pub slot: usize,
+    pub generation: u64,
+    pub pid: i32,
+    /// `spawning`, `starting`, `ready`, `draining`.
+    pub state: String,
+    pub age_ms: u64,
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GenerationStatus {
+    pub number: u64,
+    pub version: Option<VersionInfo>,
+    pub age_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RolloverStatus {
+    pub generation: u64,
+    pub outcome: Outcome,
+    pub message: String,
+    pub duration_ms: u64,
+    pub ago_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SlotStatus {
+    pub slot: usize,
+    /// Consecutive crashes of this slot's worker; reset once a worker stays ready.
+    pub crashes: u32,
+    /// Milliseconds until the next restart attempt, when one is pending.
+    pub restart_in_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatusReport {
+    pub pid: u32,
+    pub uptime_ms: u64,
+    pub current_generation: u64,
+    pub workers_wanted: usize,
+    pub ready: usize,
+    pub listeners: Vec<String>,
+    pub generations: Vec<GenerationStatus>,
+    pub workers: Vec<WorkerStatus>,
+    pub slots: Vec<SlotStatus>,
+    /// A rollover under way: target generation.
+    pub rolling_over_to: Option<u64>,
+    pub queued_reloads: usize,
+    pub last_rollover: Option<RolloverStatus>,
+    pub shutting_down: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Response {
+    Reload(ReloadReply),
+    Status(Box<StatusReport>),
+    Error(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "no handoff is running at {path} ({source}); start it (systemctl start handoff@APP.service), \
+         or name the right one with --app APP or --control PATH (or HANDOFF_CONTROL)"
+    )]
+    NotRunning { path: String, source: io::Error },
+    #[error(
+        "permission denied on {path}: the control socket is for root (and handoff's own user); \
+         run the command with sudo"
+    )]
+    PermissionDenied { path: String },
+    #[error("cannot reach handoff at {path}: {source}")]
+    Connect { path: String, source: io::Error },
+    #[error("no answer from handoff at {path} within {} s; is it stopped (SIGSTOP) or overloaded? (--timeout raises the limit)", .timeout.as_secs())]
+    Timeout { path: String, timeout: Duration },
+    #[error("lost the connection to handoff at {path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("handoff at {path} sent an answer this client does not understand: {detail}")]
+    Protocol { path: String, detail: String },
+    #[error("handoff refused the request: {0}")]
+    Refused(String),
+}
+
+impl ClientError {
+    /// The exit code a command-line client leaves with (see [`crate::exit`]).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ClientError::NotRunning { .. } | ClientError::Connect { .. } => exit::UNAVAILABLE,
+            ClientError::PermissionDenied { .. } => exit::NOPERM,
+            ClientError::Timeout { .. } => exit::TEMPFAIL,
+            ClientError::Refused(_) => exit::FAILED,
+            ClientError::Io { .. } | ClientError::Protocol { .. } => exit::SOFTWARE,
+        }
+    }
+}
+
+/// Sends one request and waits for its answer (a reload waits for the rollover to end), at
+/// most `timeout` for each read or write when given.
+pub fn request(
+    path: &Path,
+    req: &Request,
+    timeout: Option<Duration>,
+) -> Result<Response, ClientError> {
+    let p = path.display().to_string();
+    let mut stream = UnixStream::connect(path).map_err(|source| match source.kind() {
+        io::ErrorKind::PermissionDenied => ClientError::PermissionDenied { path: p.clone() },
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotRunning {
+            path: p.clone(),
+            source,
+        },
+        _ => ClientError::Connect {
+            path: p.clone(),
+            source,
+        },
+    })?;
+    let io_err = |source: io::Error| match source.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut if timeout.is_some() => {
+            ClientError::Timeout {
+                path: p.clone(),
+                timeout: timeout.unwrap_or_default(),
+            }
+        }
+        _ => ClientError::Io {
+            path: p.clone(),
+            source,
+        },
+    };
+    stream.set_read_timeout(timeout).map_err(io_err)?;
+    stream.set_write_timeout(timeout).map_err(io_err)?;
+    let mut line = serde_json::to_string(req).expect("requests serialize");
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(io_err)?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .map_err(io_err)?;
+    if answer.is_empty() {
+        return Err(ClientError::Io {
+            path: p,
+            source: io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "handoff closed the connection without answering",
+            ),
+        });
+    }
+    match serde_json::from_str(&answer) {
+        Ok(Response::Error(e)) => Err(ClientError::Refused(e)),
+        Ok(r) => Ok(r),
+        Err(e) => Err(ClientError::Protocol {
+            path: p,
+            detail: e.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format_is_stable() {
+        assert_eq!(
+            serde_json::to_string(&Request::Reload { if_changed: true }).unwrap(),
+            r#"{"cmd":"reload","if_changed":true}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"reload"}"#).unwrap(),
+            Request::Reload { if_changed: false }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"status"}"#).unwrap(),
+            Request::Status
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"reload","force":1}"#).is_err());
+        assert_eq!(
+            serde_json::to_string(&Outcome::RolledBack).unwrap(),
+            r#""rolled-back""#
+        );
+    }
+
+    #[test]
+    fn outcomes_read_as_words() {
+        assert!(Outcome::Unchanged.success() && !Outcome::RolledBack.success());
+        assert!(!Outcome::Partial.success() && !Outcome::Refused.success());
+        assert_eq!(Outcome::RolledBack.to_string(), "rolled back");
+        assert_eq!(Outcome::Ok.to_string(), "ok");
+    }
+
+    #[test]
+    fn connect_errors_name_what_to_do() {
+        let dir = std::env::temp_dir().join(format!("handoff-proto-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let missing = dir.join("nothing.sock");
+        let e = request(&missing, &Request::Status, None).unwrap_err();
+        assert_eq!(e.exit_code(), exit::UNAVAILABLE);
+        assert!(e.to_string().contains("--app APP"), "{e}");
+        // A socket nobody accepts on yet: bound, never listened.
+        let stale = dir.join("stale.sock");
+        let _ = std::fs::remove_file(&stale);
+        let _l = std::os::unix::net::UnixDatagram::bind(&stale).unwrap();
+        let e = request(&stale, &Request::Status, None).unwrap_err();
+        assert_eq!(e.exit_code(), exit::UNAVAILABLE, "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_silent_server_times_out() {
+        let dir = std::env::temp_dir().join(format!("handoff-proto-t-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("silent.sock");
+        let _ = std::fs::remove_file(&path);
+        // Listening but never answering: what a SIGSTOPped handoff looks like to a client.
+        let _l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let e = request(&path, &Request::Status, Some(Duration::from_millis(200))).unwrap_err();
+        assert!(matches!(e, ClientError::Timeout { .. }), "{e}");
+        assert_eq!(e.exit_code(), exit::TEMPFAIL);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

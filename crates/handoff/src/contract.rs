@@ -1,0 +1,133 @@
+//! The worker contract, one home: what a worker process is handed.
+//!
+//! - fds 0-2 as handoff's (or a journal stream of its own under journald, see `journal.rs`),
+//!   the listening sockets at 3..3+n, nothing else (`spawn.rs` moves them there);
+//! - `LISTEN_FDS`, `LISTEN_FDNAMES`, `LISTEN_PID` (its own pid, written by the child itself);
+//! - `NOTIFY_SOCKET`: its own notify socket;
+//! - `HANDOFF_GENERATION`, `HANDOFF_WORKER` (the slot);
+//! - with `user =`: `USER`, `LOGNAME`, `HOME` of that user;
+//! - everything else of handoff's own environment, except what [`HANDOFF_ONLY`] names.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use crate::spawn::Credentials;
+
+/// Variables meant for handoff alone: taken (and removed from the environment) at the top of
+/// `main`, never passed to a worker or a hook.
+pub const HANDOFF_ONLY: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+];
+
+/// Variables handoff sets per worker; inherited values of them are dropped.
+const PER_WORKER: &[&str] = &[
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "HANDOFF_GENERATION",
+    "HANDOFF_WORKER",
+];
+
+/// What makes one worker's environment.
+pub struct WorkerEnv<'a> {
+    /// handoff's environment (already without [`HANDOFF_ONLY`]).
+    pub base: &'a [(OsString, OsString)],
+    pub listeners: usize,
+    /// `LISTEN_FDNAMES`: the sockets' names, colon-separated.
+    pub fd_names: &'a str,
+    pub notify_socket: &'a Path,
+    pub generation: u64,
+    pub slot: usize,
+    pub credentials: Option<&'a Credentials>,
+    /// The worker gets a journal stream of its own (the child sets `JOURNAL_STREAM`).
+    pub journal: bool,
+}
+
+impl WorkerEnv<'_> {
+    /// The complete environment but `LISTEN_PID` (and `JOURNAL_STREAM` with a journal
+    /// stream), which only the child can know.
+    pub fn build(&self) -> Vec<(OsString, OsString)> {
+        let mut env: Vec<(OsString, OsString)> = self
+            .base
+            .iter()
+            .filter(|(k, _)| {
+                let k = k.to_str().unwrap_or_default();
+                let replaced = PER_WORKER.contains(&k)
+                    || (self.journal && k == "JOURNAL_STREAM")
+                    || (self.credentials.is_some() && matches!(k, "USER" | "LOGNAME" | "HOME"));
+                !replaced
+            })
+            .cloned()
+            .collect();
+        let mut set = |k: &str, v: OsString| env.push((k.into(), v));
+        set("LISTEN_FDS", self.listeners.to_string().into());
+        set("LISTEN_FDNAMES", self.fd_names.into());
+        set("NOTIFY_SOCKET", self.notify_socket.as_os_str().to_owned());
+        set("HANDOFF_GENERATION", self.generation.to_string().into());
+        set("HANDOFF_WORKER", self.slot.to_string().into());
+        if let Some(c) = self.credentials {
+            // What a login (or systemd's User=) would set.
+            set("USER", c.name.clone().into());
+            set("LOGNAME", c.name.clone().into());
+            set("HOME", c.home.clone().into_os_string());
+        }
+        env
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get<'a>(env: &'a [(OsString, OsString)], k: &str) -> Vec<&'a OsString> {
+        env.iter().filter(|(n, _)| n == k).map(|(_, v)| v).collect()
+    }
+
+    #[test]
+    fn per_worker_values_replace_inherited_ones() {
+        let base: Vec<(OsString, OsString)> = [
+            ("PATH", "/usr/bin"),
+            ("HANDOFF_WORKER", "7"),
+            ("LISTEN_FDS", "9"),
+            ("JOURNAL_STREAM", "1:2"),
+            ("HOME", "/root"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
+        let creds = Credentials {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![],
+            name: "nobody".into(),
+            home: "/nonexistent".into(),
+        };
+        let env = WorkerEnv {
+            base: &base,
+            listeners: 2,
+            fd_names: "http:admin",
+            notify_socket: Path::new("/run/x/notify/g1-w0"),
+            generation: 3,
+            slot: 1,
+            credentials: Some(&creds),
+            journal: true,
+        }
+        .build();
+        assert_eq!(get(&env, "PATH"), ["/usr/bin"]);
+        assert_eq!(get(&env, "HANDOFF_WORKER"), ["1"]);
+        assert_eq!(get(&env, "HANDOFF_GENERATION"), ["3"]);
+        assert_eq!(get(&env, "LISTEN_FDS"), ["2"]);
+        assert_eq!(get(&env, "LISTEN_FDNAMES"), ["http:admin"]);
+        assert_eq!(get(&env, "HOME"), ["/nonexistent"]);
+        assert_eq!(get(&env, "USER"), ["nobody"]);
+        assert!(
+            get(&env, "JOURNAL_STREAM").is_empty(),
+            "the child sets its own"
+        );
+        assert!(get(&env, "LISTEN_PID").is_empty(), "the child sets its own");
+    }
+}

@@ -1,0 +1,1088 @@
+//! The rollover state machine: every decision handoff makes, and none of its effects.
+//!
+//! [`Machine::handle`] takes the time and one [`Input`] (a reload request, a worker's notify
+//! message, a child exit, a spawn result, the clock passing a deadline) and returns the
+//! [`Action`]s to carry out (spawn, signal, reply, tell systemd, log). It reads no clock, makes
+//! no syscall and never calls itself back: the executor (`executor.rs`) performs the actions
+//! and feeds their results (a spawned pid, a version file's content) back in as new inputs.
+//! Deadlines are state, not timers: [`Machine::next_deadline`] tells the executor when to send
+//! the next [`Input::Tick`], and nothing wakes handoff up when nothing is due.
+//!
+//! Life of one rollover (whole-generation mode):
+//!  1. A reload arrives. If a rollover runs, it joins the queue (all queued callers share the
+//!     next rollover). When its turn comes, the version file is read ([`Action::ReadVersion`])
+//!     and `--if-changed` callers are settled against it.
+//!  2. Generation G+1 starts: workers are spawned one after the other ([`Action::Spawn`], then
+//!     [`Input::Spawned`]); each gets a ready deadline.
+//!  3. Each reports `READY=1` (or lives `--ready delay:` long). When all are ready, the slots
+//!     switch to G+1, every replaced worker is drained, and the callers hear `ok`.
+//!  4. Draining workers get the drain signal and a drain deadline; past it, SIGKILL to their
+//!     process group, an ALERT and the `--on-drain-timeout` hook.
+//!  5. A new worker that exits or misses its deadline fails the rollover: all new workers are
+//!     drained, the old generation keeps serving ("rolled back"). A failed first generation
+//!     shuts handoff down with exit code 1.
+//!
+//! `--rolling` replaces one slot at a time (start, ready, switch, drain), so at least N workers
+//! are ready throughout; a failure after the first slot leaves both generations ("partial").
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use handoff_common::duration::human;
+use handoff_common::protocol::{Outcome, ReloadReply, VersionInfo};
+use nix::sys::signal::Signal;
+
+use crate::config::ReadyMode;
+use crate::notify::Message;
+
+/// First restart delay after a crash; doubles per consecutive crash up to [`RESTART_MAX`].
+pub const RESTART_BASE: Duration = Duration::from_millis(100);
+pub const RESTART_MAX: Duration = Duration::from_secs(30);
+/// A worker ready this long before it dies is a fresh crash, not part of a crash loop.
+pub const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// Slack added to timeouts announced to systemd with `EXTEND_TIMEOUT_USEC=`.
+pub const SYSTEMD_SLACK: Duration = Duration::from_secs(5);
+
+pub type WorkerId = u64;
+/// A caller waiting for a reload's outcome; the executor keeps the way back to it.
+pub type WaiterId = u64;
+
+mod io;
+mod report;
+#[cfg(test)]
+mod tests;
+
+pub use io::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// [`Action::Spawn`] was sent; no pid yet.
+    Spawning,
+    /// Running, not ready yet.
+    Starting {
+        deadline: Instant,
+        /// `--ready delay:`: ready at this time.
+        ready_at: Option<Instant>,
+    },
+    Ready {
+        since: Instant,
+    },
+    /// Told to drain (the signal goes out as soon as there is a pid).
+    Draining {
+        deadline: Instant,
+    },
+    /// Still there past the drain deadline: SIGKILLed, waiting to be reaped.
+    Killed,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Spawning => "spawning",
+            Phase::Starting { .. } => "starting",
+            Phase::Ready { .. } => "ready",
+            Phase::Draining { .. } | Phase::Killed => "draining",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Worker {
+    slot: usize,
+    generation: u64,
+    pid: Option<i32>,
+    started: Instant,
+    phase: Phase,
+    /// The last `STATUS=` it sent.
+    status: Option<String>,
+    errno: Option<i32>,
+}
+
+impl Worker {
+    /// "; last status: ..." for failure messages, when the worker said anything.
+    fn last_words(&self) -> String {
+        let mut s = String::new();
+        if let Some(st) = &self.status {
+            s.push_str(&format!("; last status: {st:?}"));
+        }
+        if let Some(e) = self.errno {
+            s.push_str(&format!(
+                "; errno {e} ({})",
+                std::io::Error::from_raw_os_error(e)
+            ));
+        }
+        s
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Occupant {
+    Vacant,
+    Worker(WorkerId),
+    /// The worker died; a new one starts at this time.
+    Restarting {
+        at: Instant,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    occupant: Occupant,
+    /// Consecutive crashes (sets the restart backoff).
+    crashes: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Waiter {
+    id: Option<WaiterId>,
+    if_changed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The first generation: nothing serves meanwhile, so all slots start at once, and a
+    /// failure shuts handoff down.
+    Initial,
+    Whole,
+    Rolling,
+}
+
+#[derive(Debug)]
+struct Rollover {
+    generation: u64,
+    started: Instant,
+    mode: Mode,
+    waiters: Vec<Waiter>,
+    /// Slots whose new worker is still to be spawned.
+    to_spawn: VecDeque<usize>,
+    /// New workers not yet switched into their slot.
+    pending: Vec<WorkerId>,
+    /// Slots already switched to the new generation.
+    switched: usize,
+}
+
+#[derive(Debug)]
+enum RolloverPhase {
+    Idle,
+    /// Waiting for [`Input::Version`].
+    Preparing {
+        waiters: Vec<Waiter>,
+        initial: bool,
+    },
+    Running(Rollover),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    Serving,
+    /// Draining everything; exit with this code once no worker is left.
+    ShuttingDown {
+        code: i32,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Generation {
+    started: Instant,
+    version: Option<VersionInfo>,
+}
+
+/// The release a rolled back generation started from: `--if-changed` won't try it again.
+#[derive(Debug, Clone)]
+struct FailedRelease {
+    hash: String,
+    generation: u64,
+}
+
+#[derive(Debug, Clone)]
+struct LastRollover {
+    generation: u64,
+    outcome: Outcome,
+    message: String,
+    duration: Duration,
+    at: Instant,
+}
+
+pub struct Machine {
+    policy: Policy,
+    workers: BTreeMap<WorkerId, Worker>,
+    next_worker: WorkerId,
+    slots: Vec<Slot>,
+    generations: BTreeMap<u64, Generation>,
+    current: u64,
+    next_generation: u64,
+    rollover: RolloverPhase,
+    queued: Vec<Waiter>,
+    last: Option<LastRollover>,
+    failed_release: Option<FailedRelease>,
+    life: Life,
+    started: Instant,
+    out: Vec<Action>,
+}
+
+impl Machine {
+    pub fn new(policy: Policy, now: Instant) -> Machine {
+        let slots = (0..policy.workers)
+            .map(|_| Slot {
+                occupant: Occupant::Vacant,
+                crashes: 0,
+            })
+            .collect();
+        Machine {
+            policy,
+            workers: BTreeMap::new(),
+            next_worker: 1,
+            slots,
+            generations: BTreeMap::new(),
+            current: 0,
+            next_generation: 1,
+            rollover: RolloverPhase::Idle,
+            queued: Vec::new(),
+            last: None,
+            failed_release: None,
+            life: Life::Serving,
+            started: now,
+            out: Vec::new(),
+        }
+    }
+
+    pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
+        match input {
+            Input::Start => self.begin(now, vec![], true),
+            Input::Reload { waiter, if_changed } => self.on_reload(
+                now,
+                Waiter {
+                    id: waiter,
+                    if_changed,
+                },
+            ),
+            Input::Version(v) => self.on_version(now, v),
+            Input::Spawned { worker, pid } => self.on_spawned(now, worker, pid),
+            Input::SpawnFailed { worker, error } => self.on_spawn_failed(now, worker, error),
+            Input::Notify { worker, msg } => self.on_notify(now, worker, msg),
+            Input::Exited { pid, status } => self.on_exit(now, pid, status),
+            Input::Tick => self.on_tick(now),
+            Input::Shutdown { why, code } => self.begin_shutdown(now, &why, code),
+            Input::KillAll => self.kill_all(),
+        }
+        self.start_queued(now);
+        std::mem::take(&mut self.out)
+    }
+
+    /// The exit code, once handoff is shutting down and every worker is gone.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self.life {
+            Life::ShuttingDown { code } if self.workers.is_empty() => Some(code),
+            _ => None,
+        }
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.life != Life::Serving
+    }
+
+    /// When the next [`Input::Tick`] is due; `None`: nothing is.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let workers = self.workers.values().flat_map(|w| match w.phase {
+            Phase::Starting { deadline, ready_at } => [Some(deadline), ready_at],
+            Phase::Draining { deadline } => [Some(deadline), None],
+            _ => [None, None],
+        });
+        let restarts = self.slots.iter().map(|s| match s.occupant {
+            Occupant::Restarting { at } => Some(at),
+            _ => None,
+        });
+        workers.chain(restarts).flatten().min()
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    // ---- rollovers -----------------------------------------------------------------------
+
+    fn on_reload(&mut self, now: Instant, waiter: Waiter) {
+        if self.shutting_down() {
+            self.reply(waiter, self.refused("handoff is shutting down"));
+            return;
+        }
+        match self.rollover {
+            // Queued behind the running one; all queued callers share the next rollover.
+            RolloverPhase::Preparing { .. } | RolloverPhase::Running(_) => self.queued.push(waiter),
+            RolloverPhase::Idle => self.begin(now, vec![waiter], false),
+        }
+    }
+
+    fn begin(&mut self, now: Instant, waiters: Vec<Waiter>, initial: bool) {
+        self.rollover = RolloverPhase::Preparing { waiters, initial };
+        if self.policy.version_file {
+            self.out.push(Action::ReadVersion);
+        } else {
+            self.start_rollover(now, None);
+        }
+    }
+
+    fn on_version(&mut self, now: Instant, version: VersionInfo) {
+        if matches!(self.rollover, RolloverPhase::Preparing { .. }) {
+            self.start_rollover(now, Some(version));
+        }
+    }
+
+    /// Settles the `--if-changed` callers against `version`, then starts the rollover for the
+    /// rest (if any are left).
+    fn start_rollover(&mut self, now: Instant, version: Option<VersionInfo>) {
+        let RolloverPhase::Preparing { waiters, initial } =
+            std::mem::replace(&mut self.rollover, RolloverPhase::Idle)
+        else {
+            return;
+        };
+        let (conditional, mut go): (Vec<Waiter>, Vec<Waiter>) =
+            waiters.into_iter().partition(|w| w.if_changed && !initial);
+        // Settled here, after any earlier rollover has finished, so two triggers for one
+        // release give one rollover.
+        for w in conditional {
+            match self.settle_if_changed(version.as_ref(), go.is_empty()) {
+                Some(answer) => {
+                    self.log(
+                        Level::Info,
+                        None,
+                        format!("conditional reload: {}", answer.message),
+                    );
+                    self.reply(w, answer);
+                }
+                None => go.push(w),
+            }
+        }
+        if go.is_empty() && !initial {
+            return;
+        }
+        if let Some(e) = version.as_ref().and_then(|v| v.error.as_ref()) {
+            self.log(Level::Warn, None, format!("version file: {e}"));
+        }
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let label = version
+            .as_ref()
+            .and_then(|v| v.version.clone())
+            .unwrap_or_else(|| "-".into());
+        self.generations.insert(
+            generation,
+            Generation {
+                started: now,
+                version,
+            },
+        );
+        let mode = if initial {
+            Mode::Initial
+        } else if self.policy.rolling {
+            Mode::Rolling
+        } else {
+            Mode::Whole
+        };
+        self.log(
+            Level::Info,
+            Some(generation),
+            format!(
+                "{} (version {label}, {})",
+                if initial {
+                    "starting the first generation"
+                } else {
+                    "rollover started"
+                },
+                if mode == Mode::Rolling {
+                    "one worker at a time"
+                } else {
+                    "whole generation"
+                },
+            ),
+        );
+        let mut systemd = Vec::new();
+        if !initial {
+            systemd.push(SystemdState::Reloading);
+        }
+        systemd.push(SystemdState::ExtendTimeout(
+            self.policy.ready_timeout + SYSTEMD_SLACK,
+        ));
+        self.out.push(Action::Systemd(systemd));
+        self.rollover = RolloverPhase::Running(Rollover {
+            generation,
+            started: now,
+            mode,
+            waiters: go,
+            to_spawn: (0..self.slots.len()).collect(),
+            pending: Vec::new(),
+            switched: 0,
+        });
+        self.spawn_next(now);
+    }
+
+    /// The answer for an `--if-changed` caller, or `None` when it takes part in the rollover.
+    /// `alone`: no unconditional caller forces the rollover anyway.
+    fn settle_if_changed(&self, version: Option<&VersionInfo>, alone: bool) -> Option<ReloadReply> {
+        let Some(v) = version else {
+            return Some(self.refused("--if-changed needs `version_file` in handoff's settings"));
+        };
+        if let Some(e) = &v.error {
+            return Some(self.refused(&format!("{e}; not rolling over")));
+        }
+        let current_hash = self
+            .generations
+            .get(&self.current)
+            .and_then(|g| g.version.as_ref())
+            .map(|v| v.hash.as_str());
+        if alone && current_hash == Some(v.hash.as_str()) {
+            return Some(self.answer(
+                Outcome::Unchanged,
+                format!(
+                    "{} unchanged since generation {}; no rollover",
+                    v.path.display(),
+                    self.current
+                ),
+            ));
+        }
+        if let Some(f) = &self.failed_release
+            && alone
+            && f.hash == v.hash
+        {
+            // Retrying the very release that just failed would fail the same way (an rpm
+            // scriptlet and the .path trigger both asking, say).
+            return Some(self.answer(
+                Outcome::Unchanged,
+                format!(
+                    "{} is the release generation {} started from and was rolled back; not \
+                     trying it again (a plain `handoff reload` would); generation {} serves",
+                    v.path.display(),
+                    f.generation,
+                    self.current
+                ),
+            ));
+        }
+        None
+    }
+
+    /// Spawns the next worker of the running rollover.
+    fn spawn_next(&mut self, now: Instant) {
+        let RolloverPhase::Running(ro) = &mut self.rollover else {
+            return;
+        };
+        let Some(slot) = ro.to_spawn.pop_front() else {
+            return;
+        };
+        let generation = ro.generation;
+        let id = self.next_worker;
+        self.next_worker += 1;
+        ro.pending.push(id);
+        self.workers.insert(
+            id,
+            Worker {
+                slot,
+                generation,
+                pid: None,
+                started: now,
+                phase: Phase::Spawning,
+                status: None,
+                errno: None,
+            },
+        );
+        self.out.push(Action::Spawn {
+            worker: id,
+            slot,
+            generation,
+        });
+    }
+
+    /// The rollover of which `id` is a new worker, if any.
+    fn rollover_of(&mut self, id: WorkerId) -> Option<&mut Rollover> {
+        match &mut self.rollover {
+            RolloverPhase::Running(ro) if ro.pending.contains(&id) => Some(ro),
+            _ => None,
+        }
+    }
+
+    /// Switches the pending workers in once all are ready; then the next slot (rolling) or
+    /// the end of the rollover.
+    fn advance(&mut self, now: Instant) {
+        let RolloverPhase::Running(ro) = &mut self.rollover else {
+            return;
+        };
+        let all_ready = !ro.pending.is_empty()
+            && ro.pending.iter().all(|id| {
+                self.workers
+                    .get(id)
+                    .is_some_and(|w| matches!(w.phase, Phase::Ready { .. }))
+            });
+        // Whole mode switches all slots at once: wait until every one was spawned.
+        if !all_ready || (ro.mode != Mode::Rolling && !ro.to_spawn.is_empty()) {
+            return;
+        }
+        let pending = std::mem::take(&mut ro.pending);
+        ro.switched += pending.len();
+        let generation = ro.generation;
+        let more = ro.mode == Mode::Rolling && !ro.to_spawn.is_empty();
+        let started = ro.started;
+        for id in pending {
+            let slot = self.workers[&id].slot;
+            // Replacing the occupant also cancels a restart pending for this slot.
+            let old = std::mem::replace(&mut self.slots[slot].occupant, Occupant::Worker(id));
+            if let Occupant::Worker(old) = old {
+                self.drain(now, old, "replaced");
+            }
+        }
+        self.current = generation;
+        if more {
+            self.spawn_next(now);
+            return;
+        }
+        let n = self.slots.len();
+        let message = format!(
+            "generation {generation} serves ({}) after {}",
+            plural(n, "worker"),
+            human(now.saturating_duration_since(started))
+        );
+        self.finish(now, Outcome::Ok, message);
+    }
+
+    fn fail_rollover(&mut self, now: Instant, reason: String) {
+        let RolloverPhase::Running(ro) = &mut self.rollover else {
+            return;
+        };
+        let pending = std::mem::take(&mut ro.pending);
+        ro.to_spawn.clear();
+        let (generation, switched, mode) = (ro.generation, ro.switched, ro.mode);
+        // New workers may already have accepted connections: drain them, don't kill them.
+        for id in pending {
+            self.drain(now, id, "rolled back");
+        }
+        if mode == Mode::Initial {
+            self.rollover = RolloverPhase::Idle;
+            // Nothing to roll back to: tell systemd the start failed by exiting non-zero.
+            self.log(
+                Level::Error,
+                Some(generation),
+                format!("the first generation failed: {reason}"),
+            );
+            self.begin_shutdown(now, "the first generation failed", 1);
+            return;
+        }
+        let (outcome, message) = if switched == 0 {
+            (
+                Outcome::RolledBack,
+                format!(
+                    "rolled back: generation {} still serves; {reason}",
+                    self.current
+                ),
+            )
+        } else {
+            let n = self.slots.len();
+            (
+                Outcome::Partial,
+                format!(
+                    "rolling rollover stopped at worker {switched} of {n}: {reason}; {} run \
+                     generation {generation}, {} still run the previous one",
+                    plural(switched, "worker"),
+                    n - switched
+                ),
+            )
+        };
+        self.log(Level::Error, Some(generation), message.clone());
+        self.finish(now, outcome, message);
+    }
+
+    fn finish(&mut self, now: Instant, outcome: Outcome, message: String) {
+        let RolloverPhase::Running(ro) = std::mem::replace(&mut self.rollover, RolloverPhase::Idle)
+        else {
+            return;
+        };
+        let hash = self
+            .generations
+            .get(&ro.generation)
+            .and_then(|g| g.version.as_ref())
+            .map(|v| v.hash.clone());
+        self.failed_release = match outcome {
+            Outcome::RolledBack | Outcome::Partial => hash.map(|hash| FailedRelease {
+                hash,
+                generation: ro.generation,
+            }),
+            _ => None,
+        };
+        let duration = now.saturating_duration_since(ro.started);
+        if outcome == Outcome::Ok {
+            self.log(Level::Info, Some(ro.generation), message.clone());
+        }
+        let mut answer = self.answer(outcome, message.clone());
+        answer.duration_ms = duration.as_millis() as u64;
+        for w in ro.waiters {
+            self.reply(w, answer.clone());
+        }
+        self.last = Some(LastRollover {
+            generation: ro.generation,
+            outcome,
+            message,
+            duration,
+            at: now,
+        });
+        self.forget_idle_generations();
+        // READY=1 ends the start (first generation) or the RELOADING=1 state, either way.
+        self.out.push(Action::Systemd(vec![SystemdState::Ready]));
+    }
+
+    fn start_queued(&mut self, now: Instant) {
+        if !matches!(self.rollover, RolloverPhase::Idle) || self.queued.is_empty() {
+            return;
+        }
+        let queued = std::mem::take(&mut self.queued);
+        if self.shutting_down() {
+            for w in queued {
+                self.reply(w, self.refused("handoff is shutting down"));
+            }
+            return;
+        }
+        self.begin(now, queued, false);
+    }
+
+    /// Generations with no worker left (and not current or starting) are history.
+    fn forget_idle_generations(&mut self) {
+        let starting = match &self.rollover {
+            RolloverPhase::Running(ro) => Some(ro.generation),
+            _ => None,
+        };
+        let live: Vec<u64> = self.workers.values().map(|w| w.generation).collect();
+        let current = self.current;
+        self.generations
+            .retain(|g, _| *g == current || Some(*g) == starting || live.contains(g));
+    }
+
+    // ---- workers -------------------------------------------------------------------------
+
+    fn on_spawned(&mut self, now: Instant, id: WorkerId, pid: i32) {
+        let ready_timeout = self.policy.ready_timeout;
+        let delay = match self.policy.ready {
+            ReadyMode::Delay(d) => Some(now + d),
+            ReadyMode::Notify => None,
+        };
+        let signal = self.policy.drain_signal;
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        w.pid = Some(pid);
+        w.started = now;
+        match w.phase {
+            Phase::Spawning => {
+                w.phase = Phase::Starting {
+                    deadline: now + ready_timeout,
+                    ready_at: delay,
+                };
+                self.log_worker(Level::Info, id, "worker started".into());
+            }
+            // Told to drain before it existed (shutdown during the spawn).
+            Phase::Draining { .. } => self.out.push(Action::Signal { pid, signal }),
+            _ => {}
+        }
+        // Whole mode starts the next slot as soon as this one runs.
+        if let Some(ro) = self.rollover_of(id)
+            && ro.mode != Mode::Rolling
+        {
+            self.spawn_next(now);
+        }
+    }
+
+    fn on_spawn_failed(&mut self, now: Instant, id: WorkerId, error: String) {
+        let Some(w) = self.workers.remove(&id) else {
+            return;
+        };
+        if let Some(ro) = self.rollover_of(id) {
+            ro.pending.retain(|p| *p != id);
+            let reason = format!(
+                "cannot start worker {} of generation {}: {error}",
+                w.slot, w.generation
+            );
+            self.fail_rollover(now, reason);
+        } else if self.slots[w.slot].occupant == Occupant::Worker(id) {
+            self.log(
+                Level::Error,
+                Some(w.generation),
+                format!("restarting worker {} failed: {error}", w.slot),
+            );
+            self.schedule_restart(now, w.slot);
+        }
+        self.forget_idle_generations();
+    }
+
+    fn on_notify(&mut self, now: Instant, id: WorkerId, msg: Message) {
+        let notify_mode = self.policy.ready == ReadyMode::Notify;
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if let Some(s) = msg.status {
+            w.status = Some(s);
+        }
+        if msg.errno.is_some() {
+            w.errno = msg.errno;
+        }
+        if let (Some(ext), Phase::Starting { deadline, ready_at }) = (msg.extend_timeout, w.phase) {
+            // As systemd does: the deadline moves to "now + extension", if later.
+            w.phase = Phase::Starting {
+                deadline: deadline.max(now + ext),
+                ready_at,
+            };
+        }
+        if msg.ready && notify_mode && matches!(w.phase, Phase::Starting { .. }) {
+            self.mark_ready(now, id);
+        }
+    }
+
+    fn mark_ready(&mut self, now: Instant, id: WorkerId) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        w.phase = Phase::Ready { since: now };
+        let ms = now.saturating_duration_since(w.started).as_millis();
+        self.log_worker(Level::Info, id, format!("worker ready after {ms} ms"));
+        self.advance(now);
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for id in ids {
+            // Each step may change other workers: look at this one afresh.
+            let Some(phase) = self.workers.get(&id).map(|w| w.phase) else {
+                continue;
+            };
+            match phase {
+                Phase::Starting {
+                    ready_at: Some(at), ..
+                } if at <= now => self.mark_ready(now, id),
+                Phase::Starting { deadline, .. } if deadline <= now => {
+                    self.ready_deadline_passed(now, id)
+                }
+                Phase::Draining { deadline } if deadline <= now => self.drain_deadline_passed(id),
+                _ => {}
+            }
+        }
+        for slot in 0..self.slots.len() {
+            if let Occupant::Restarting { at } = self.slots[slot].occupant
+                && at <= now
+            {
+                self.restart(now, slot);
+            }
+        }
+    }
+
+    fn ready_deadline_passed(&mut self, now: Instant, id: WorkerId) {
+        let w = &self.workers[&id];
+        let (Phase::Starting { deadline, .. }, Some(pid)) = (w.phase, w.pid) else {
+            return;
+        };
+        let reason = format!(
+            "worker {} (pid {pid}) was not ready within {}{}",
+            w.slot,
+            human(deadline.saturating_duration_since(w.started)),
+            w.last_words()
+        );
+        let slot = w.slot;
+        if self.rollover_of(id).is_some() {
+            self.fail_rollover(now, reason);
+        } else {
+            // A restarted worker that never got ready: drain it and count a crash.
+            self.log_worker(Level::Warn, id, reason);
+            self.drain(now, id, "not ready in time");
+            if self.slots[slot].occupant == Occupant::Worker(id) {
+                self.schedule_restart(now, slot);
+            }
+        }
+    }
+
+    fn drain(&mut self, now: Instant, id: WorkerId, why: &str) {
+        let deadline = now + self.policy.drain_timeout;
+        let signal = self.policy.drain_signal;
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if matches!(w.phase, Phase::Draining { .. } | Phase::Killed) {
+            return;
+        }
+        w.phase = Phase::Draining { deadline };
+        if let Some(pid) = w.pid {
+            self.out.push(Action::Signal { pid, signal });
+        }
+        self.log_worker(
+            Level::Info,
+            id,
+            format!("draining worker ({why}): {}", signal.as_str()),
+        );
+    }
+
+    fn drain_deadline_passed(&mut self, id: WorkerId) {
+        let timeout = self.policy.drain_timeout;
+        let hook = self.policy.drain_timeout_hook;
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        let Some(pid) = w.pid else {
+            return;
+        };
+        w.phase = Phase::Killed;
+        let (generation, slot) = (w.generation, w.slot);
+        self.log_worker(
+            Level::Error,
+            id,
+            format!(
+                "ALERT: worker still running {} after the drain signal; sending SIGKILL to its \
+                 process group",
+                human(timeout)
+            ),
+        );
+        self.out.push(Action::SignalGroup {
+            pgid: pid,
+            signal: Signal::SIGKILL,
+        });
+        self.out.push(Action::Signal {
+            pid,
+            signal: Signal::SIGKILL,
+        });
+        if hook {
+            self.out.push(Action::RunHook {
+                pid,
+                generation,
+                slot,
+            });
+        }
+    }
+
+    fn on_exit(&mut self, now: Instant, pid: i32, status: ExitStatus) {
+        let Some((&id, _)) = self.workers.iter().find(|(_, w)| w.pid == Some(pid)) else {
+            self.log(
+                Level::Debug,
+                None,
+                format!("reaped a re-parented descendant (pid {pid}): {status}"),
+            );
+            return;
+        };
+        let how = status.to_string();
+        // Gone from the table before anything else is decided: nothing may signal its pid
+        // again (it may be reused).
+        let w = self.workers.remove(&id).expect("worker");
+        self.out.push(Action::CloseNotify { worker: id });
+        // Whatever the worker left in its process group (a grandchild still holding the
+        // listening socket, say) goes with it.
+        self.out.push(Action::SignalGroup {
+            pgid: pid,
+            signal: Signal::SIGKILL,
+        });
+        let log = |level, message| {
+            Action::Log(Log {
+                level,
+                generation: Some(w.generation),
+                slot: Some(w.slot),
+                pid: Some(pid),
+                message,
+            })
+        };
+        match w.phase {
+            Phase::Draining { .. } => self
+                .out
+                .push(log(Level::Info, format!("worker drained and {how}"))),
+            Phase::Killed => self.out.push(log(
+                Level::Warn,
+                format!("worker killed after the drain timeout ({how})"),
+            )),
+            Phase::Spawning | Phase::Starting { .. } | Phase::Ready { .. } => {
+                self.worker_died(now, id, &w, &how)
+            }
+        }
+        self.forget_idle_generations();
+    }
+
+    /// A worker that was not draining exited: a failed rollover or a crash.
+    fn worker_died(&mut self, now: Instant, id: WorkerId, w: &Worker, how: &str) {
+        let reason = format!(
+            "worker {} (pid {}) {how} after {}{}",
+            w.slot,
+            w.pid.unwrap_or_default(),
+            human(now.saturating_duration_since(w.started)),
+            w.last_words()
+        );
+        let slot = w.slot;
+        let stable = matches!(w.phase, Phase::Ready { since } if now.saturating_duration_since(since) >= STABLE_AFTER);
+        if let Some(ro) = self.rollover_of(id) {
+            ro.pending.retain(|p| *p != id);
+            self.fail_rollover(now, reason);
+        } else if self.slots[slot].occupant == Occupant::Worker(id) && !self.shutting_down() {
+            if stable {
+                self.slots[slot].crashes = 0;
+            }
+            self.out.push(Action::Log(Log {
+                level: Level::Warn,
+                generation: Some(w.generation),
+                slot: Some(slot),
+                pid: w.pid,
+                message: format!("worker died outside a rollover: {reason}"),
+            }));
+            self.schedule_restart(now, slot);
+        }
+    }
+
+    fn schedule_restart(&mut self, now: Instant, slot: usize) {
+        let s = &mut self.slots[slot];
+        let delay = RESTART_BASE
+            .saturating_mul(1u32 << s.crashes.min(16))
+            .min(RESTART_MAX);
+        s.crashes += 1;
+        s.occupant = Occupant::Restarting { at: now + delay };
+        let crashes = s.crashes;
+        self.out.push(Action::Log(Log {
+            level: Level::Info,
+            generation: None,
+            slot: Some(slot),
+            pid: None,
+            message: format!(
+                "restarting worker {slot} in {} ({} in a row)",
+                human(delay),
+                plural(crashes as usize, "crash")
+            ),
+        }));
+    }
+
+    fn restart(&mut self, now: Instant, slot: usize) {
+        if self.shutting_down() {
+            return;
+        }
+        let id = self.next_worker;
+        self.next_worker += 1;
+        self.slots[slot].occupant = Occupant::Worker(id);
+        self.workers.insert(
+            id,
+            Worker {
+                slot,
+                generation: self.current,
+                pid: None,
+                started: now,
+                phase: Phase::Spawning,
+                status: None,
+                errno: None,
+            },
+        );
+        self.out.push(Action::Spawn {
+            worker: id,
+            slot,
+            generation: self.current,
+        });
+    }
+
+    // ---- shutdown ------------------------------------------------------------------------
+
+    fn begin_shutdown(&mut self, now: Instant, why: &str, code: i32) {
+        if self.shutting_down() {
+            return;
+        }
+        self.log(
+            Level::Info,
+            None,
+            format!(
+                "{why}: draining all workers (up to {})",
+                human(self.policy.drain_timeout)
+            ),
+        );
+        self.life = Life::ShuttingDown { code };
+        self.out.push(Action::Systemd(vec![
+            SystemdState::Stopping,
+            SystemdState::Status("stopping: draining workers".into()),
+            SystemdState::ExtendTimeout(self.policy.drain_timeout + SYSTEMD_SLACK),
+        ]));
+        let abandoned = match std::mem::replace(&mut self.rollover, RolloverPhase::Idle) {
+            RolloverPhase::Idle => vec![],
+            RolloverPhase::Preparing { waiters, .. } => waiters,
+            RolloverPhase::Running(ro) => ro.waiters,
+        };
+        for w in abandoned {
+            self.reply(
+                w,
+                self.refused("handoff is shutting down; rollover abandoned"),
+            );
+        }
+        for w in std::mem::take(&mut self.queued) {
+            self.reply(w, self.refused("handoff is shutting down"));
+        }
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for id in ids {
+            self.drain(now, id, why);
+        }
+        for s in &mut self.slots {
+            s.occupant = Occupant::Vacant;
+        }
+    }
+
+    fn kill_all(&mut self) {
+        self.log(
+            Level::Warn,
+            None,
+            "second SIGINT: killing all workers now".into(),
+        );
+        for w in self.workers.values_mut() {
+            if let Some(pid) = w.pid {
+                w.phase = Phase::Killed;
+                self.out.push(Action::SignalGroup {
+                    pgid: pid,
+                    signal: Signal::SIGKILL,
+                });
+                self.out.push(Action::Signal {
+                    pid,
+                    signal: Signal::SIGKILL,
+                });
+            }
+        }
+    }
+
+    // ---- answers and logs ----------------------------------------------------------------
+
+    fn answer(&self, outcome: Outcome, message: String) -> ReloadReply {
+        ReloadReply {
+            outcome,
+            generation: self.current,
+            message,
+            duration_ms: 0,
+        }
+    }
+
+    fn refused(&self, message: &str) -> ReloadReply {
+        self.answer(Outcome::Refused, message.to_string())
+    }
+
+    fn reply(&mut self, w: Waiter, reply: ReloadReply) {
+        if let Some(waiter) = w.id {
+            self.out.push(Action::Reply { waiter, reply });
+        }
+    }
+
+    fn log(&mut self, level: Level, generation: Option<u64>, message: String) {
+        self.out.push(Action::Log(Log {
+            level,
+            generation,
+            slot: None,
+            pid: None,
+            message,
+        }));
+    }
+
+    fn log_worker(&mut self, level: Level, id: WorkerId, message: String) {
+        let w = &self.workers[&id];
+        self.out.push(Action::Log(Log {
+            level,
+            generation: Some(w.generation),
+            slot: Some(w.slot),
+            pid: w.pid,
+            message,
+        }));
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    let s = if n == 1 {
+        ""
+    } else if word.ends_with('h') {
+        "es"
+    } else {
+        "s"
+    };
+    format!("{n} {word}{s}")
+}

@@ -1,0 +1,154 @@
+//! What the machine shows: `handoff status` and systemd's one-line `STATUS=`.
+
+use std::time::{Duration, Instant};
+
+use handoff_common::duration::human;
+use handoff_common::protocol::{
+    GenerationStatus, Outcome, RolloverStatus, SlotStatus, StatusReport, WorkerStatus,
+};
+
+use super::{Machine, Occupant, Phase, RolloverPhase};
+
+impl Machine {
+    /// Slots whose worker is ready.
+    pub fn ready_count(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| match s.occupant {
+                Occupant::Worker(id) => self
+                    .workers
+                    .get(&id)
+                    .is_some_and(|w| matches!(w.phase, Phase::Ready { .. })),
+                _ => false,
+            })
+            .count()
+    }
+
+    /// The report behind `handoff status` (the executor adds handoff's pid and sockets).
+    pub fn status(&self, now: Instant) -> StatusReport {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let mut workers: Vec<WorkerStatus> = self
+            .workers
+            .values()
+            .filter_map(|w| {
+                Some(WorkerStatus {
+                    slot: w.slot,
+                    generation: w.generation,
+                    pid: w.pid?,
+                    state: w.phase.name().to_string(),
+                    age_ms: ms(now.saturating_duration_since(w.started)),
+                    status: w.status.clone(),
+                })
+            })
+            .collect();
+        workers.sort_by_key(|w| (std::cmp::Reverse(w.generation), w.slot, w.pid));
+        let generations = self
+            .generations
+            .iter()
+            .rev()
+            .map(|(n, g)| GenerationStatus {
+                number: *n,
+                version: g.version.clone(),
+                age_ms: ms(now.saturating_duration_since(g.started)),
+            })
+            .collect();
+        StatusReport {
+            pid: 0,
+            uptime_ms: ms(now.saturating_duration_since(self.started)),
+            current_generation: self.current,
+            workers_wanted: self.slots.len(),
+            ready: self.ready_count(),
+            listeners: vec![],
+            generations,
+            workers,
+            slots: self
+                .slots
+                .iter()
+                .enumerate()
+                .map(|(i, s)| SlotStatus {
+                    slot: i,
+                    crashes: s.crashes,
+                    restart_in_ms: match s.occupant {
+                        Occupant::Restarting { at } => Some(ms(at.saturating_duration_since(now))),
+                        _ => None,
+                    },
+                })
+                .collect(),
+            rolling_over_to: match &self.rollover {
+                RolloverPhase::Running(ro) => Some(ro.generation),
+                _ => None,
+            },
+            queued_reloads: self.queued.len(),
+            last_rollover: self.last.as_ref().map(|l| RolloverStatus {
+                generation: l.generation,
+                outcome: l.outcome,
+                message: l.message.clone(),
+                duration_ms: ms(l.duration),
+                ago_ms: ms(now.saturating_duration_since(l.at)),
+            }),
+            shutting_down: self.shutting_down(),
+        }
+    }
+
+    /// The one-line summary systemd shows (`systemctl status`).
+    pub fn status_line(&self) -> String {
+        let n = self.slots.len();
+        let ready = self.ready_count();
+        let mut line = if self.current == 0 {
+            // Nothing serves yet: the first generation is starting.
+            let starting_ready = match &self.rollover {
+                RolloverPhase::Running(ro) => ro
+                    .pending
+                    .iter()
+                    .filter(|id| {
+                        self.workers
+                            .get(id)
+                            .is_some_and(|w| matches!(w.phase, Phase::Ready { .. }))
+                    })
+                    .count(),
+                _ => 0,
+            };
+            format!("starting: {starting_ready}/{n} ready")
+        } else {
+            format!("gen {}: {ready}/{n} ready", self.current)
+        };
+        if let Some(v) = self
+            .generations
+            .get(&self.current)
+            .and_then(|g| g.version.as_ref())
+            .and_then(|v| v.version.as_ref())
+        {
+            line.push_str(&format!("; version {v}"));
+        }
+        if let RolloverPhase::Running(ro) = &self.rollover
+            && self.current != 0
+        {
+            line.push_str(&format!(
+                "; rolling over to gen {} ({} of {n} switched)",
+                ro.generation, ro.switched
+            ));
+        }
+        if let Some(last) = &self.last {
+            let word = match last.outcome {
+                Outcome::Ok | Outcome::Unchanged | Outcome::Refused => last.outcome.to_string(),
+                // Shouted: this is what an operator must not miss in `systemctl status`.
+                Outcome::RolledBack | Outcome::Partial => last.outcome.to_string().to_uppercase(),
+            };
+            line.push_str(&format!(
+                "; last rollover {word} in {}",
+                human(last.duration)
+            ));
+        }
+        let crashing: Vec<String> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s.occupant, Occupant::Restarting { .. }))
+            .map(|(i, s)| format!("w{i}×{}", s.crashes))
+            .collect();
+        if !crashing.is_empty() {
+            line.push_str(&format!("; restarting {}", crashing.join(",")));
+        }
+        line
+    }
+}

@@ -1,0 +1,638 @@
+//! Every rule of a rollover, with fake time: a test runs in microseconds. `Harness` plays
+//! the executor: it answers spawns with fresh pids and version reads with `version`.
+
+use super::*;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn policy(workers: usize) -> Policy {
+    Policy {
+        workers,
+        rolling: false,
+        ready: ReadyMode::Notify,
+        ready_timeout: Duration::from_secs(60),
+        drain_timeout: Duration::from_secs(10),
+        drain_signal: Signal::SIGTERM,
+        version_file: false,
+        drain_timeout_hook: false,
+    }
+}
+
+struct Harness {
+    m: Machine,
+    now: Instant,
+    next_pid: i32,
+    /// pid → worker id, for everything spawned.
+    pids: BTreeMap<i32, WorkerId>,
+    version: VersionInfo,
+    /// Spawns that fail (by slot) instead of answering with a pid.
+    fail_spawn: Option<usize>,
+}
+
+fn version(text: &str) -> VersionInfo {
+    VersionInfo {
+        path: "/opt/app/package.json".into(),
+        version: Some(text.into()),
+        hash: format!("hash-of-{text}"),
+        error: None,
+    }
+}
+
+impl Harness {
+    fn new(p: Policy) -> Harness {
+        let now = Instant::now();
+        Harness {
+            m: Machine::new(p, now),
+            now,
+            next_pid: 100,
+            pids: BTreeMap::new(),
+            version: version("1.0.0"),
+            fail_spawn: None,
+        }
+    }
+
+    /// Sends `input` and answers what the executor would answer at once.
+    fn send(&mut self, input: Input) -> Vec<Action> {
+        let mut all = Vec::new();
+        let mut queue = VecDeque::from([input]);
+        while let Some(i) = queue.pop_front() {
+            for a in self.m.handle(self.now, i) {
+                match &a {
+                    Action::Spawn { worker, slot, .. } => {
+                        if self.fail_spawn == Some(*slot) {
+                            queue.push_back(Input::SpawnFailed {
+                                worker: *worker,
+                                error: "no such file".into(),
+                            });
+                        } else {
+                            let pid = self.next_pid;
+                            self.next_pid += 1;
+                            self.pids.insert(pid, *worker);
+                            queue.push_back(Input::Spawned {
+                                worker: *worker,
+                                pid,
+                            });
+                        }
+                    }
+                    Action::ReadVersion => queue.push_back(Input::Version(self.version.clone())),
+                    _ => {}
+                }
+                all.push(a);
+            }
+        }
+        all
+    }
+
+    fn after(&mut self, d: Duration) -> Vec<Action> {
+        self.now += d;
+        self.send(Input::Tick)
+    }
+
+    fn ready(&mut self, pid: i32) -> Vec<Action> {
+        let worker = self.pids[&pid];
+        self.send(Input::Notify {
+            worker,
+            msg: Message {
+                ready: true,
+                ..Message::default()
+            },
+        })
+    }
+
+    fn say(&mut self, pid: i32, msg: Message) -> Vec<Action> {
+        let worker = self.pids[&pid];
+        self.send(Input::Notify { worker, msg })
+    }
+
+    fn exit(&mut self, pid: i32, code: i32) -> Vec<Action> {
+        self.send(Input::Exited {
+            pid,
+            status: ExitStatus::Code(code),
+        })
+    }
+
+    fn reload(&mut self, waiter: WaiterId) -> Vec<Action> {
+        self.send(Input::Reload {
+            waiter: Some(waiter),
+            if_changed: false,
+        })
+    }
+
+    fn reload_if_changed(&mut self, waiter: WaiterId) -> Vec<Action> {
+        self.send(Input::Reload {
+            waiter: Some(waiter),
+            if_changed: true,
+        })
+    }
+
+    /// Pids of the workers in `state` (`starting`, `ready`, `draining`).
+    fn pids_in(&self, state: &str) -> Vec<i32> {
+        self.m
+            .status(self.now)
+            .workers
+            .iter()
+            .filter(|w| w.state == state)
+            .map(|w| w.pid)
+            .collect()
+    }
+
+    /// Starts the first generation of `n` workers and makes it ready.
+    fn serving(p: Policy) -> Harness {
+        let mut h = Harness::new(p);
+        h.send(Input::Start);
+        for pid in h.pids_in("starting") {
+            h.ready(pid);
+        }
+        h
+    }
+}
+
+fn spawned(actions: &[Action]) -> Vec<usize> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spawn { slot, .. } => Some(*slot),
+            _ => None,
+        })
+        .collect()
+}
+
+fn signalled(actions: &[Action], sig: Signal) -> Vec<i32> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Signal { pid, signal } if *signal == sig => Some(*pid),
+            _ => None,
+        })
+        .collect()
+}
+
+fn replies(actions: &[Action]) -> Vec<(WaiterId, ReloadReply)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Reply { waiter, reply } => Some((*waiter, reply.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn logs(actions: &[Action], level: Level) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Log(l) if l.level == level => Some(l.message.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn told_systemd(actions: &[Action], state: &SystemdState) -> bool {
+    actions
+        .iter()
+        .any(|a| matches!(a, Action::Systemd(s) if s.contains(state)))
+}
+
+#[test]
+fn the_first_generation_starts_whole_and_readiness_ends_the_start() {
+    let mut h = Harness::new(policy(2));
+    let a = h.send(Input::Start);
+    assert_eq!(spawned(&a), [0, 1]);
+    assert!(
+        !told_systemd(&a, &SystemdState::Reloading),
+        "a start is no reload"
+    );
+    assert_eq!(h.m.status_line(), "starting: 0/2 ready");
+    let a = h.ready(100);
+    assert!(!told_systemd(&a, &SystemdState::Ready));
+    assert_eq!(h.m.status_line(), "starting: 1/2 ready");
+    let a = h.ready(101);
+    assert!(told_systemd(&a, &SystemdState::Ready));
+    assert_eq!(
+        h.m.status_line(),
+        "gen 1: 2/2 ready; last rollover ok in 0 ms"
+    );
+    assert_eq!(
+        h.m.next_deadline(),
+        None,
+        "nothing to wake up for when idle"
+    );
+}
+
+#[test]
+fn a_rollover_switches_once_every_new_worker_is_ready_then_drains_the_old() {
+    let mut h = Harness::serving(policy(2));
+    let a = h.reload(1);
+    assert!(told_systemd(&a, &SystemdState::Reloading));
+    assert_eq!(spawned(&a), [0, 1]);
+    assert!(h.ready(102).is_empty() || signalled(&h.ready(102), Signal::SIGTERM).is_empty());
+    h.now += 5 * MS;
+    let a = h.ready(103);
+    assert_eq!(
+        signalled(&a, Signal::SIGTERM),
+        [100, 101],
+        "old generation drained"
+    );
+    let r = replies(&a);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].1.outcome, Outcome::Ok);
+    assert_eq!(r[0].1.generation, 2);
+    assert!(r[0].1.message.contains("(2 workers)"), "{}", r[0].1.message);
+    assert!(told_systemd(&a, &SystemdState::Ready));
+    assert_eq!(h.pids_in("draining"), [100, 101]);
+    // The old workers exit: reaped, their groups killed, their sockets closed.
+    let a = h.exit(100, 0);
+    assert!(a.contains(&Action::SignalGroup {
+        pgid: 100,
+        signal: Signal::SIGKILL
+    }));
+    assert!(a.iter().any(|x| matches!(x, Action::CloseNotify { .. })));
+}
+
+#[test]
+fn reloads_during_a_rollover_share_the_next_one() {
+    let mut h = Harness::serving(policy(1));
+    h.reload(1);
+    assert!(spawned(&h.reload(2)).is_empty(), "queued, not started");
+    assert!(spawned(&h.reload(3)).is_empty());
+    let a = h.ready(101);
+    let r = replies(&a);
+    assert_eq!(r.iter().map(|(w, _)| *w).collect::<Vec<_>>(), [1]);
+    assert_eq!(spawned(&a), [0], "one rollover for both queued callers");
+    let a = h.ready(102);
+    let r = replies(&a);
+    assert_eq!(r.iter().map(|(w, _)| *w).collect::<Vec<_>>(), [2, 3]);
+    assert!(
+        r.iter()
+            .all(|(_, x)| x.outcome == Outcome::Ok && x.generation == 3)
+    );
+    assert!(spawned(&a).is_empty());
+}
+
+#[test]
+fn a_worker_that_crashes_at_start_rolls_back_with_the_reason() {
+    let mut h = Harness::serving(policy(2));
+    h.reload(1);
+    h.say(
+        102,
+        Message {
+            status: Some("loading config".into()),
+            ..Message::default()
+        },
+    );
+    h.now += 300 * MS;
+    let a = h.exit(102, 3);
+    let r = replies(&a);
+    assert_eq!(r[0].1.outcome, Outcome::RolledBack);
+    let msg = &r[0].1.message;
+    assert!(msg.contains("generation 1 still serves"), "{msg}");
+    assert!(msg.contains("exited with status 3 after 300 ms"), "{msg}");
+    assert!(msg.contains("last status: \"loading config\""), "{msg}");
+    assert_eq!(
+        signalled(&a, Signal::SIGTERM),
+        [103],
+        "the other new worker drains"
+    );
+    assert_eq!(h.pids_in("ready"), [100, 101], "old generation untouched");
+    assert_eq!(r[0].1.generation, 1);
+    assert!(
+        logs(&a, Level::Error)
+            .iter()
+            .any(|l| l.contains("rolled back"))
+    );
+}
+
+#[test]
+fn a_worker_never_ready_rolls_back_at_its_deadline_not_before() {
+    let mut h = Harness::serving(policy(1));
+    h.reload(1);
+    assert_eq!(h.m.next_deadline(), Some(h.now + Duration::from_secs(60)));
+    assert!(replies(&h.after(Duration::from_secs(60) - MS)).is_empty());
+    let a = h.after(MS);
+    let r = replies(&a);
+    assert_eq!(r[0].1.outcome, Outcome::RolledBack);
+    assert!(
+        r[0].1.message.contains("was not ready within 1 m 0 s"),
+        "{}",
+        r[0].1.message
+    );
+    assert_eq!(signalled(&a, Signal::SIGTERM), [101]);
+}
+
+#[test]
+fn extend_timeout_gives_a_slow_worker_more_time() {
+    let mut h = Harness::serving(policy(1));
+    h.reload(1);
+    h.now += Duration::from_secs(50);
+    h.say(
+        101,
+        Message {
+            extend_timeout: Some(Duration::from_secs(30)),
+            ..Message::default()
+        },
+    );
+    assert!(
+        replies(&h.after(Duration::from_secs(20))).is_empty(),
+        "past 60 s, within 80 s"
+    );
+    let a = h.ready(101);
+    assert_eq!(replies(&a)[0].1.outcome, Outcome::Ok);
+    // A shorter extension never shortens the deadline.
+    h.reload(2);
+    h.say(
+        102,
+        Message {
+            extend_timeout: Some(MS),
+            ..Message::default()
+        },
+    );
+    assert!(replies(&h.after(Duration::from_secs(1))).is_empty());
+}
+
+#[test]
+fn a_worker_past_the_drain_timeout_is_killed_with_its_group_and_the_hook_runs() {
+    let mut p = policy(1);
+    p.drain_timeout_hook = true;
+    let mut h = Harness::serving(p);
+    h.reload(1);
+    h.ready(101);
+    assert!(h.after(Duration::from_secs(10) - MS).is_empty());
+    let a = h.after(MS);
+    assert!(a.contains(&Action::SignalGroup {
+        pgid: 100,
+        signal: Signal::SIGKILL
+    }));
+    assert!(a.contains(&Action::Signal {
+        pid: 100,
+        signal: Signal::SIGKILL
+    }));
+    assert!(a.contains(&Action::RunHook {
+        pid: 100,
+        generation: 1,
+        slot: 0
+    }));
+    assert!(logs(&a, Level::Error)[0].starts_with("ALERT: worker still running 10.0 s"));
+    assert!(h.after(Duration::from_secs(60)).is_empty(), "killed once");
+    let a = h.exit(100, 137);
+    assert!(logs(&a, Level::Warn)[0].contains("killed after the drain timeout"));
+}
+
+#[test]
+fn a_crashed_worker_restarts_with_doubling_backoff_and_a_stable_one_resets_it() {
+    let mut h = Harness::serving(policy(2));
+    let mut pid = 100;
+    for (n, delay_ms) in [100u64, 200, 400, 800].iter().enumerate() {
+        let a = h.exit(pid, 1);
+        assert!(logs(&a, Level::Warn)[0].contains("died outside a rollover"));
+        assert_eq!(h.m.status(h.now).slots[0].crashes as usize, n + 1);
+        assert_eq!(
+            h.m.next_deadline(),
+            Some(h.now + Duration::from_millis(*delay_ms))
+        );
+        assert!(spawned(&h.after(Duration::from_millis(delay_ms - 1))).is_empty());
+        let a = h.after(MS);
+        assert_eq!(spawned(&a), [0]);
+        pid = *h.pids.keys().last().unwrap();
+        assert!(
+            h.m.status_line().contains("1/2 ready"),
+            "{}",
+            h.m.status_line()
+        );
+        h.ready(pid);
+    }
+    // Ready for longer than STABLE_AFTER: the next crash is a fresh one.
+    h.now += STABLE_AFTER;
+    h.exit(pid, 1);
+    assert_eq!(h.m.status(h.now).slots[0].crashes, 1);
+    assert!(
+        h.m.status_line().contains("restarting w0×1"),
+        "{}",
+        h.m.status_line()
+    );
+}
+
+#[test]
+fn a_rollover_cancels_a_pending_restart() {
+    let mut h = Harness::serving(policy(1));
+    h.exit(100, 1);
+    h.reload(1);
+    let a = h.ready(101);
+    assert_eq!(replies(&a)[0].1.outcome, Outcome::Ok);
+    assert_eq!(h.m.next_deadline(), None);
+    assert!(spawned(&h.after(Duration::from_secs(1))).is_empty());
+}
+
+#[test]
+fn rolling_replaces_one_slot_at_a_time_and_never_drops_below_n_ready() {
+    let mut p = policy(3);
+    p.rolling = true;
+    let mut h = Harness::serving(p);
+    let a = h.reload(1);
+    assert_eq!(spawned(&a), [0], "one at a time");
+    for (slot, new) in [(0usize, 103), (1, 104), (2, 105)] {
+        assert_eq!(h.m.ready_count(), 3);
+        let a = h.ready(new);
+        assert_eq!(signalled(&a, Signal::SIGTERM), [100 + slot as i32]);
+        if slot < 2 {
+            assert_eq!(spawned(&a), [slot + 1]);
+            assert!(replies(&a).is_empty());
+        } else {
+            assert_eq!(replies(&a)[0].1.outcome, Outcome::Ok);
+        }
+    }
+}
+
+#[test]
+fn a_rolling_failure_after_the_first_slot_is_partial() {
+    let mut p = policy(2);
+    p.rolling = true;
+    let mut h = Harness::serving(p);
+    h.reload(1);
+    h.ready(102);
+    let a = h.exit(103, 1);
+    let r = replies(&a);
+    assert_eq!(r[0].1.outcome, Outcome::Partial);
+    assert!(
+        r[0].1
+            .message
+            .contains("1 worker run generation 2, 1 still run"),
+        "{}",
+        r[0].1.message
+    );
+}
+
+#[test]
+fn a_failed_first_generation_shuts_handoff_down_with_exit_code_1() {
+    let mut h = Harness::new(policy(2));
+    h.send(Input::Start);
+    let a = h.exit(100, 2);
+    assert!(logs(&a, Level::Error)[0].contains("first generation failed"));
+    assert_eq!(signalled(&a, Signal::SIGTERM), [101]);
+    assert!(told_systemd(&a, &SystemdState::Stopping));
+    assert_eq!(h.m.exit_code(), None, "waits for the other worker");
+    h.exit(101, 0);
+    assert_eq!(h.m.exit_code(), Some(1));
+}
+
+#[test]
+fn shutdown_during_a_rollover_answers_everyone_and_drains_everything() {
+    let mut h = Harness::serving(policy(1));
+    h.reload(1);
+    h.reload(2);
+    let a = h.send(Input::Shutdown {
+        why: "SIGTERM".into(),
+        code: 0,
+    });
+    let r = replies(&a);
+    assert_eq!(r.len(), 2);
+    assert!(r.iter().all(|(_, x)| x.outcome == Outcome::Refused));
+    assert_eq!(signalled(&a, Signal::SIGTERM), [100, 101]);
+    assert!(replies(&h.reload(3))[0].1.message.contains("shutting down"));
+    h.exit(100, 0);
+    assert_eq!(
+        spawned(&h.exit(101, 0)),
+        Vec::<usize>::new(),
+        "no restart while stopping"
+    );
+    assert_eq!(h.m.exit_code(), Some(0));
+}
+
+#[test]
+fn a_second_sigint_kills_everything() {
+    let mut h = Harness::serving(policy(2));
+    h.send(Input::Shutdown {
+        why: "SIGINT".into(),
+        code: 0,
+    });
+    let a = h.send(Input::KillAll);
+    assert_eq!(signalled(&a, Signal::SIGKILL), [100, 101]);
+}
+
+#[test]
+fn a_spawn_failure_fails_the_rollover_and_is_not_a_crash() {
+    let mut h = Harness::serving(policy(2));
+    h.fail_spawn = Some(1);
+    let a = h.reload(1);
+    let r = replies(&a);
+    assert_eq!(r[0].1.outcome, Outcome::RolledBack);
+    assert!(
+        r[0].1
+            .message
+            .contains("cannot start worker 1 of generation 2: no such file")
+    );
+    assert_eq!(
+        signalled(&a, Signal::SIGTERM),
+        [102],
+        "worker 0 of the new generation drains"
+    );
+    assert!(h.m.status(h.now).slots.iter().all(|s| s.crashes == 0));
+}
+
+#[test]
+fn if_changed_rolls_over_only_for_a_new_release_and_never_retries_a_failed_one() {
+    let mut p = policy(1);
+    p.version_file = true;
+    let mut h = Harness::serving(p);
+    let a = h.reload_if_changed(1);
+    assert_eq!(replies(&a)[0].1.outcome, Outcome::Unchanged);
+    assert!(spawned(&a).is_empty());
+    // A new release that crashes: rolled back, then not tried again by --if-changed...
+    h.version = version("2.0.0");
+    let a = h.reload_if_changed(2);
+    assert_eq!(spawned(&a), [0]);
+    let a = h.exit(101, 1);
+    assert_eq!(replies(&a)[0].1.outcome, Outcome::RolledBack);
+    let a = h.reload_if_changed(3);
+    let r = replies(&a);
+    assert_eq!(r[0].1.outcome, Outcome::Unchanged);
+    assert!(
+        r[0].1.message.contains("was rolled back"),
+        "{}",
+        r[0].1.message
+    );
+    // ...but a plain reload does; an --if-changed caller queued behind it then finds the
+    // release serving and is answered without a second rollover.
+    let a = h.reload(4);
+    assert_eq!(spawned(&a), [0]);
+    h.reload_if_changed(5);
+    let a = h.ready(102);
+    let r = replies(&a);
+    assert_eq!((r[0].0, r[0].1.outcome), (4, Outcome::Ok));
+    assert_eq!((r[1].0, r[1].1.outcome), (5, Outcome::Unchanged));
+    assert!(spawned(&a).is_empty());
+    assert_eq!(
+        h.m.status(h.now).generations[0].version,
+        Some(version("2.0.0"))
+    );
+}
+
+#[test]
+fn if_changed_with_an_unreadable_version_file_is_refused() {
+    let mut p = policy(1);
+    p.version_file = true;
+    let mut h = Harness::serving(p);
+    h.version.error = Some("cannot read /opt/app/package.json: not a regular file".into());
+    let a = h.reload_if_changed(1);
+    let r = replies(&a);
+    assert_eq!(r[0].1.outcome, Outcome::Refused);
+    assert!(r[0].1.message.contains("not a regular file"));
+    assert!(spawned(&a).is_empty());
+    // Without a version file at all, --if-changed cannot be answered.
+    let mut h = Harness::serving(policy(1));
+    assert!(
+        replies(&h.reload_if_changed(1))[0]
+            .1
+            .message
+            .contains("needs `version_file`")
+    );
+}
+
+#[test]
+fn delay_readiness_ignores_ready_datagrams_and_waits_the_delay() {
+    let mut p = policy(1);
+    p.ready = ReadyMode::Delay(Duration::from_millis(500));
+    let mut h = Harness::new(p);
+    h.send(Input::Start);
+    assert!(!told_systemd(&h.ready(100), &SystemdState::Ready));
+    assert!(!told_systemd(&h.after(499 * MS), &SystemdState::Ready));
+    assert!(told_systemd(&h.after(MS), &SystemdState::Ready));
+}
+
+#[test]
+fn a_restarted_worker_that_never_gets_ready_is_drained_and_restarted_again() {
+    let mut h = Harness::serving(policy(1));
+    h.exit(100, 1);
+    h.after(Duration::from_millis(100));
+    let a = h.after(Duration::from_secs(60));
+    assert!(logs(&a, Level::Warn)[0].contains("was not ready within"));
+    assert_eq!(signalled(&a, Signal::SIGTERM), [101]);
+    assert_eq!(h.m.status(h.now).slots[0].crashes, 2);
+}
+
+#[test]
+fn unknown_children_are_only_logged() {
+    let mut h = Harness::serving(policy(1));
+    let a = h.exit(4242, 0);
+    assert_eq!(logs(&a, Level::Debug).len(), 1);
+    assert_eq!(a.len(), 1);
+}
+
+#[test]
+fn old_generations_are_forgotten_once_their_workers_are_gone() {
+    let mut h = Harness::serving(policy(1));
+    h.reload(1);
+    h.ready(101);
+    assert_eq!(
+        h.m.status(h.now).generations.len(),
+        2,
+        "generation 1 still drains"
+    );
+    h.exit(100, 0);
+    let g: Vec<u64> =
+        h.m.status(h.now)
+            .generations
+            .iter()
+            .map(|g| g.number)
+            .collect();
+    assert_eq!(g, [2]);
+}
