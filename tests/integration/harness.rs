@@ -55,8 +55,13 @@ fn build_binaries_once() {
     });
 }
 
+/// `HANDOFF_BIN` runs the suite against another handoff binary (an older build, to show
+/// that a test fails without its fix).
 pub fn handoff_bin() -> PathBuf {
-    bin("handoff")
+    match std::env::var_os("HANDOFF_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => bin("handoff"),
+    }
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -117,17 +122,35 @@ pub fn s(v: &[&str]) -> Vec<String> {
 
 impl Handoff {
     pub fn start(tag: &str, o: Opts) -> Handoff {
+        Handoff::start_wrapped(tag, o, &[])
+    }
+
+    /// As [`Handoff::start`], with handoff run under `wrap` (e.g. `prlimit --nofile=64:4096`).
+    /// A `--runtime-dir` in `o.args` replaces the temp dir's `rt`.
+    pub fn start_wrapped(tag: &str, o: Opts, wrap: &[String]) -> Handoff {
         let dir = TempDir::new(tag);
+        let runtime_dir = match o.args.iter().position(|a| a == "--runtime-dir") {
+            Some(i) => PathBuf::from(&o.args[i + 1]),
+            None => dir.path().join("rt"),
+        };
         let control = match o.args.iter().position(|a| a == "--control") {
             Some(i) => PathBuf::from(&o.args[i + 1]),
-            None => dir.path().join("rt/control.sock"),
+            None => runtime_dir.join("control.sock"),
         };
         let log = dir.path().join("handoff.log");
-        let mut cmd = Command::new(handoff_bin());
-        cmd.arg("run")
-            .arg("--runtime-dir")
-            .arg(dir.path().join("rt"))
-            .args(&o.args)
+        let mut cmd = match wrap.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(handoff_bin());
+                c
+            }
+            None => Command::new(handoff_bin()),
+        };
+        cmd.arg("run");
+        if !o.args.iter().any(|a| a == "--runtime-dir") {
+            cmd.arg("--runtime-dir").arg(&runtime_dir);
+        }
+        cmd.args(&o.args)
             .arg("--")
             .args(&o.worker)
             .env_remove("RUST_LOG")
@@ -156,6 +179,12 @@ impl Handoff {
             );
         }
         h
+    }
+
+    /// The notify dir of this handoff (`rt/notify-XXXXXXXX`, named after its control socket).
+    pub fn notify_dir(&self) -> PathBuf {
+        let rt = self.control.parent().expect("control socket in a dir");
+        handoff_common::paths::notify_dir(rt, &self.control)
     }
 
     pub fn pid(&self) -> i32 {

@@ -60,9 +60,7 @@ fn fd_count_is_flat_over_200_rollovers_and_no_zombies() {
     assert_eq!(st.current_generation, 206);
     assert_eq!(before, after, "fd leak over 200 rollovers");
     assert!(zombie_children(h.pid()).is_empty(), "zombie children left");
-    let notify_files = std::fs::read_dir(h.dir.path().join("rt/notify"))
-        .unwrap()
-        .count();
+    let notify_files = std::fs::read_dir(h.notify_dir()).unwrap().count();
     assert_eq!(
         notify_files, 2,
         "stale notify sockets left in the runtime dir"

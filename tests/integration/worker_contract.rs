@@ -97,7 +97,7 @@ fn worker_gets_exactly_the_listeners_and_the_documented_environment() {
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&h.dir.path().join("rt")), 0o700);
-    assert_eq!(mode(&h.dir.path().join("rt/notify")), 0o700);
+    assert_eq!(mode(&h.notify_dir()), 0o700);
     assert_eq!(mode(&h.control), 0o600);
 
     // The supervisor's own copies of the listeners are CLOEXEC.
@@ -127,10 +127,7 @@ fn worker_gets_exactly_the_listeners_and_the_documented_environment() {
     }
     assert!(h.stop().success());
     assert!(!h.control.exists(), "control socket left behind");
-    assert!(
-        !h.dir.path().join("rt/notify").exists(),
-        "notify dir left behind"
-    );
+    assert!(!h.notify_dir().exists(), "notify dir left behind");
     assert!(!unix.exists(), "unix listener left behind");
 }
 

@@ -4,7 +4,8 @@
 //! - runtime dir: `--runtime-dir`, else `$RUNTIME_DIRECTORY` (systemd's `RuntimeDirectory=`),
 //!   else `$XDG_RUNTIME_DIR/handoff`, else `/run/handoff` (root) or `/tmp/handoff-UID`;
 //! - control socket: `--control`, else `RUNTIME_DIR/control.sock`;
-//! - notify sockets of the workers: `RUNTIME_DIR/notify/`;
+//! - notify sockets of the workers: `RUNTIME_DIR/notify-XXXXXXXX/`, one dir per control
+//!   socket, so two handoffs sharing a runtime dir never touch each other's;
 //! - the `handoff@APP` units: runtime dir `/run/handoff-APP`, config `/etc/handoff/APP.toml`.
 
 use std::path::{Path, PathBuf};
@@ -32,9 +33,11 @@ pub fn control_in(runtime_dir: &Path) -> PathBuf {
     runtime_dir.join(CONTROL_SOCKET)
 }
 
-/// The directory of the workers' notify sockets inside a runtime dir.
-pub fn notify_dir(runtime_dir: &Path) -> PathBuf {
-    runtime_dir.join("notify")
+/// The directory of the workers' notify sockets of the handoff with this control socket.
+pub fn notify_dir(runtime_dir: &Path, control: &Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let id = crate::release::hash(control.as_os_str().as_bytes());
+    runtime_dir.join(format!("notify-{}", &id[..8]))
 }
 
 /// The path clients use when none is given: `HANDOFF_CONTROL`, else the control socket in the
@@ -94,6 +97,8 @@ mod tests {
             Path::new("/run/handoff-shop/control.sock")
         );
         assert_eq!(app_config("shop"), Path::new("/etc/handoff/shop.toml"));
-        assert_eq!(notify_dir(Path::new("/run/x")), Path::new("/run/x/notify"));
+        let a = notify_dir(Path::new("/run/x"), Path::new("/run/x/a.sock"));
+        let b = notify_dir(Path::new("/run/x"), Path::new("/run/x/b.sock"));
+        assert!(a.starts_with("/run/x/notify-") && a != b, "{a:?} {b:?}");
     }
 }

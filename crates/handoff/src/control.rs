@@ -61,9 +61,18 @@ pub fn bind(path: &Path) -> io::Result<tokio::net::UnixListener> {
     tokio::net::UnixListener::from_std(std_listener)
 }
 
+/// At most this many control connections are served at once; more wait in the socket's
+/// backlog (not in handoff's fd table), so a flood of clients cannot take the fds a worker
+/// start needs.
+pub const MAX_CONNECTIONS: usize = 128;
+
 /// Accepts control connections forever, passing each request to the supervisor.
 pub async fn serve(listener: tokio::net::UnixListener, to_supervisor: mpsc::Sender<Command>) {
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
         match listener.accept().await {
             Ok((stream, _)) => {
                 let tx = to_supervisor.clone();
@@ -71,6 +80,7 @@ pub async fn serve(listener: tokio::net::UnixListener, to_supervisor: mpsc::Send
                     if let Err(e) = handle(stream, tx).await {
                         tracing::debug!("control connection: {e}");
                     }
+                    drop(permit);
                 });
             }
             Err(e) => {

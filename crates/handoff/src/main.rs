@@ -214,6 +214,7 @@ fn prepare_and_run(
         .clone()
         .unwrap_or_else(|| paths::control_in(&runtime_dir));
     let notifier = SystemdNotifier::new(inh.notify_socket.as_deref()).context("NOTIFY_SOCKET")?;
+    let nofile = raise_fd_limit();
     let rt = Runtime {
         settings,
         listeners,
@@ -223,6 +224,7 @@ fn prepare_and_run(
         runtime_dir,
         control_path,
         credentials,
+        nofile,
     };
     // One thread: the supervisor is a single state machine, and fork is simplest to reason
     // about with no other threads running Rust code.
@@ -230,6 +232,20 @@ fn prepare_and_run(
         .enable_all()
         .build()?;
     runtime.block_on(supervisor::run(rt))
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit: systemd starts services at 1024, which
+/// a burst of control connections plus the workers' notify sockets can exhaust. Returns the
+/// limit as found, which workers get back.
+fn raise_fd_limit() -> Option<(u64, u64)> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!("cannot raise the open-files limit from {soft} to {hard}: {e}");
+    }
+    Some((soft, hard))
 }
 
 fn client_error(e: ClientError) -> i32 {

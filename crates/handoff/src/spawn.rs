@@ -35,6 +35,9 @@ pub struct WorkerSpec<'a> {
     pub credentials: Option<&'a Credentials>,
     /// Connect stdout/stderr to journald under this identifier (see [`JournalStream`]).
     pub journal: Option<&'a JournalStream>,
+    /// The `RLIMIT_NOFILE` handoff was started with: handoff raises its own soft limit, and
+    /// workers get the original back (a soft limit above 1024 breaks `select()` users).
+    pub nofile: Option<(u64, u64)>,
 }
 
 /// Who workers run as, resolved once at start (name lookups are not fork-safe).
@@ -190,6 +193,10 @@ pub fn spawn_worker(spec: &WorkerSpec) -> io::Result<Pid> {
     let parent = nix::unistd::getpid();
     let creds = spec.credentials;
     let death_signal = spec.parent_death_signal as libc::c_int;
+    let nofile = spec.nofile.map(|(soft, hard)| libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    });
 
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let err_w_raw = err_w.as_raw_fd();
@@ -286,6 +293,9 @@ pub fn spawn_worker(spec: &WorkerSpec) -> io::Result<Pid> {
                 for fd in first_free..max_fd {
                     libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
                 }
+            }
+            if let Some(r) = nofile {
+                libc::setrlimit(libc::RLIMIT_NOFILE, &r);
             }
             write_decimal(listen_pid_digits, libc::getpid() as u64);
             libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
@@ -466,6 +476,7 @@ mod tests {
             parent_death_signal: Signal::SIGTERM,
             credentials: None,
             journal: None,
+            nofile: None,
         };
         let err = spawn_worker(&spec).unwrap_err();
         assert!(err.to_string().contains("cannot execute"), "{err}");

@@ -7,7 +7,7 @@
 //! With nothing happening and no deadline pending, nothing wakes up.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,9 @@ struct Executor {
     journal_unit: Option<String>,
     last_status_line: String,
     started: Instant,
+    /// For binding the control socket again if its file was removed.
+    control_tx: mpsc::Sender<Command>,
+    control_task: AbortHandle,
 }
 
 /// Runs handoff until it has shut down; returns the process exit code.
@@ -78,14 +81,16 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
         warn!("cannot become a child subreaper ({e}); orphaned grandchildren go to init");
     }
 
+    let notify_dir = paths::notify_dir(&rt.runtime_dir, &rt.control_path);
+    check_notify_dir(&notify_dir).map_err(anyhow::Error::msg)?;
     let control_listener = control::bind(&rt.control_path)?;
-    // Only one handoff owns a control socket, so its notify dir is ours to clear.
-    let notify_dir = paths::notify_dir(&rt.runtime_dir);
+    // Only one handoff owns a control socket, so the notify dir named after it is ours to
+    // clear.
     let _ = std::fs::remove_dir_all(&notify_dir);
     paths::make_private_dir(&notify_dir, rt.credentials.is_some())?;
 
     let (control_tx, mut control_rx) = mpsc::channel::<Command>(64);
-    let control_task = tokio::spawn(control::serve(control_listener, control_tx));
+    let control_task = tokio::spawn(control::serve(control_listener, control_tx.clone()));
     // Bounded: a flood of notify datagrams waits in the kernel, not in handoff's memory.
     let (notify_tx, mut notify_rx) = mpsc::channel(1024);
     let (version_tx, mut version_rx) = mpsc::channel(4);
@@ -117,6 +122,8 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
         journal_unit,
         last_status_line: String::new(),
         started: now,
+        control_tx,
+        control_task: control_task.abort_handle(),
     };
     let mut watchdog = watchdog_period.map(tokio::time::interval);
     let code = loop {
@@ -153,7 +160,7 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
             _ = sleep_until(deadline), if deadline.is_some() => ex.tick(),
         }
     };
-    control_task.abort();
+    ex.control_task.abort();
     let _ = std::fs::remove_file(&ex.rt.control_path);
     ex.notify.clear();
     let _ = std::fs::remove_dir_all(&ex.notify_dir);
@@ -187,7 +194,11 @@ impl Executor {
             } => {
                 let input = match self.spawn(worker, slot, generation) {
                     Ok(pid) => Input::Spawned { worker, pid },
-                    Err(error) => Input::SpawnFailed { worker, error },
+                    Err(SpawnError { error, ours }) => Input::SpawnFailed {
+                        worker,
+                        error,
+                        ours,
+                    },
                 };
                 self.queue.push_back(input);
             }
@@ -217,6 +228,10 @@ impl Executor {
                 slot,
             } => self.run_hook(pid, generation, slot),
             Action::Log(log) => emit(&log),
+            Action::ScanChildren => {
+                let children = self.other_children();
+                self.queue.push_back(Input::Children(children));
+            }
         }
     }
 
@@ -336,8 +351,32 @@ impl Executor {
         }
     }
 
+    /// handoff's children that are not hooks (workers are filtered by the machine), each with
+    /// the worker its environment names (`HANDOFF_GENERATION`, `HANDOFF_WORKER`).
+    fn other_children(&self) -> Vec<(i32, Option<(u64, usize)>)> {
+        let mut pids = Vec::new();
+        // Children of every thread of handoff (the blocking pool's threads fork nothing, but
+        // a child's parent is the thread that forked it).
+        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+            for t in tasks.flatten() {
+                if let Ok(list) = std::fs::read_to_string(t.path().join("children")) {
+                    pids.extend(
+                        list.split_whitespace()
+                            .filter_map(|p| p.parse::<i32>().ok()),
+                    );
+                }
+            }
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids.into_iter()
+            .filter(|p| !self.hooks.contains_key(&Pid::from_raw(*p)))
+            .map(|p| (p, worker_named_in_environment(p)))
+            .collect()
+    }
+
     /// Starts one worker: its notify socket, its environment, fork/exec. Returns its pid.
-    fn spawn(&mut self, worker: WorkerId, slot: usize, generation: u64) -> Result<i32, String> {
+    fn spawn(&mut self, worker: WorkerId, slot: usize, generation: u64) -> Result<i32, SpawnError> {
         let program = match &self.program {
             Some(p) => p.clone(),
             None => {
@@ -348,15 +387,15 @@ impl Executor {
                     .find(|(k, _)| k == "PATH")
                     .map(|(_, v)| v.as_os_str());
                 let p = spawn::resolve_program(&self.rt.settings.command[0], path)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(SpawnError::release)?;
                 self.program = Some(p.clone());
                 p
             }
         };
-        let sock_path = self
-            .notify_dir
-            .join(format!("g{generation}-w{slot}-{worker}"));
-        let socket = self.notify_socket(&sock_path)?;
+        let sock_path = notify_socket_path(&self.notify_dir, worker);
+        let socket = self
+            .notify_socket(&sock_path)
+            .map_err(|error| SpawnError { error, ours: true })?;
         let journal = self.journal_unit.as_ref().map(|unit| {
             // `node@g7`: journalctl shows it as the line's identifier, with the worker's pid.
             let base = program
@@ -385,8 +424,19 @@ impl Executor {
             parent_death_signal: self.rt.settings.drain_signal,
             credentials: self.rt.credentials.as_ref(),
             journal: journal.as_ref(),
+            nofile: self.rt.nofile,
         };
-        let pid = spawn::spawn_worker(&spec).map_err(|e| e.to_string())?;
+        let pid = spawn::spawn_worker(&spec).map_err(|e| {
+            // Out of fds, memory or processes: handoff's own trouble, not the release's.
+            let ours = matches!(
+                e.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN)
+            );
+            SpawnError {
+                error: e.to_string(),
+                ours,
+            }
+        })?;
         let socket = Arc::new(socket);
         let reader = socket.clone();
         let tx = self.notify_tx.clone();
@@ -415,7 +465,38 @@ impl Executor {
         Ok(pid.as_raw())
     }
 
-    fn notify_socket(&self, path: &std::path::Path) -> Result<NotifySocket, String> {
+    /// Binds the control socket again when its file is gone (the runtime dir was removed),
+    /// so `handoff status` / `reload` keep working.
+    fn ensure_control_socket(&mut self) {
+        if std::fs::symlink_metadata(&self.rt.control_path).is_ok() {
+            return;
+        }
+        match control::bind(&self.rt.control_path) {
+            Ok(listener) => {
+                self.control_task.abort();
+                self.control_task =
+                    tokio::spawn(control::serve(listener, self.control_tx.clone())).abort_handle();
+                warn!(
+                    "the control socket {} was gone; bound it again",
+                    self.rt.control_path.display()
+                );
+            }
+            Err(e) => error!("cannot bind the control socket again: {e}"),
+        }
+    }
+
+    fn notify_socket(&mut self, path: &std::path::Path) -> Result<NotifySocket, String> {
+        // The dir is ours alone, but someone may have removed it (tmpfiles, an operator):
+        // make it again rather than fail every start from now on.
+        if !self.notify_dir.is_dir() {
+            warn!(
+                "the notify directory {} is gone; making it again",
+                self.notify_dir.display()
+            );
+            paths::make_private_dir(&self.notify_dir, self.rt.credentials.is_some())
+                .map_err(|e| format!("cannot make {}: {e}", self.notify_dir.display()))?;
+            self.ensure_control_socket();
+        }
         let mut allowed = vec![0, nix::unistd::getuid().as_raw()];
         if let Some(c) = &self.rt.credentials {
             allowed.push(c.uid);
@@ -509,6 +590,46 @@ impl Executor {
     }
 }
 
+/// Why a worker could not be started, and whose fault it is.
+struct SpawnError {
+    error: String,
+    /// handoff lacked a resource; the release was never tried.
+    ours: bool,
+}
+
+impl SpawnError {
+    fn release(e: impl ToString) -> SpawnError {
+        SpawnError {
+            error: e.to_string(),
+            ours: false,
+        }
+    }
+}
+
+/// A worker's notify socket: a fixed-length name per worker, so the longest path is known at
+/// start (see [`check_notify_dir`]) and no counter can outgrow `sun_path` later.
+pub fn notify_socket_path(dir: &Path, worker: WorkerId) -> PathBuf {
+    dir.join(format!("{worker:016x}"))
+}
+
+/// Refuses a runtime dir whose notify sockets would not fit a unix socket address.
+pub fn check_notify_dir(dir: &Path) -> Result<(), String> {
+    // sun_path holds 108 bytes, with the terminating NUL.
+    const SUN_PATH: usize = 108;
+    let longest = notify_socket_path(dir, u64::MAX);
+    let len = longest.as_os_str().len();
+    if len >= SUN_PATH {
+        return Err(format!(
+            "the runtime dir {} is too long for unix sockets ({len} bytes for {}, the limit is {}): \
+             give a shorter --runtime-dir",
+            dir.display(),
+            longest.display(),
+            SUN_PATH - 1
+        ));
+    }
+    Ok(())
+}
+
 fn unreadable(path: &std::path::Path, why: &str) -> VersionInfo {
     VersionInfo {
         path: path.to_path_buf(),
@@ -516,6 +637,21 @@ fn unreadable(path: &std::path::Path, why: &str) -> VersionInfo {
         hash: String::new(),
         error: Some(format!("cannot read {}: {why}", path.display())),
     }
+}
+
+/// The (generation, slot) in a process's `HANDOFF_GENERATION` / `HANDOFF_WORKER`, as it was
+/// when the process exec'd; `None` when unreadable or absent (a scrubbed environment).
+fn worker_named_in_environment(pid: i32) -> Option<(u64, usize)> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let get = |key: &[u8]| {
+        env.split(|b| *b == 0)
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix(b"="))
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+    };
+    Some((
+        get(b"HANDOFF_GENERATION")?,
+        get(b"HANDOFF_WORKER")? as usize,
+    ))
 }
 
 fn emit(log: &Log) {

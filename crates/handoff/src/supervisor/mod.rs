@@ -28,4 +28,6 @@ pub struct Runtime {
     pub control_path: PathBuf,
     /// Who workers run as, when `user =` is set.
     pub credentials: Option<Credentials>,
+    /// `RLIMIT_NOFILE` as handoff found it (soft, hard), for the workers.
+    pub nofile: Option<(u64, u64)>,
 }

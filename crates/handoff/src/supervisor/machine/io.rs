@@ -79,8 +79,18 @@ pub enum Input {
     Version(VersionInfo),
     /// The answer to [`Action::Spawn`]: the worker runs (its exec succeeded).
     Spawned { worker: WorkerId, pid: i32 },
-    /// The answer to [`Action::Spawn`]: no process (exec failed, no notify socket, ...).
-    SpawnFailed { worker: WorkerId, error: String },
+    /// The answer to [`Action::Spawn`]: no process. `ours`: handoff itself lacked a
+    /// resource (fds, memory, processes, its runtime dir), so the release was never tried;
+    /// otherwise the release is at fault (no such program, not executable, ...).
+    SpawnFailed {
+        worker: WorkerId,
+        error: String,
+        ours: bool,
+    },
+    /// The answer to [`Action::ScanChildren`]: handoff's children that are not workers or
+    /// hooks (descendants of workers re-parented to handoff, the child subreaper), each with
+    /// the worker (generation, slot) its environment names, if any.
+    Children(Vec<(i32, Option<(u64, usize)>)>),
     /// A datagram on a worker's notify socket.
     Notify { worker: WorkerId, msg: Message },
     /// A child was reaped (a worker, or anything else reparented to handoff).
@@ -132,6 +142,8 @@ pub enum Action {
         slot: usize,
         generation: u64,
     },
+    /// List handoff's other children; answer with [`Input::Children`].
+    ScanChildren,
     /// Send a signal to one process.
     Signal {
         pid: i32,

@@ -115,6 +115,21 @@ impl Worker {
     }
 }
 
+/// A descendant of a worker that was re-parented to handoff (it left the worker's tree with a
+/// double fork, say `spawn({detached: true})`). It goes with its worker: drained when the
+/// worker is drained or gone, killed past the drain deadline, waited for at shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stray {
+    /// Its worker serves; nothing to do yet.
+    Attached {
+        owner: WorkerId,
+    },
+    Draining {
+        deadline: Instant,
+    },
+    Killed,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Occupant {
     Vacant,
@@ -217,6 +232,10 @@ pub struct Machine {
     failed_release: Option<FailedRelease>,
     life: Life,
     started: Instant,
+    /// Re-parented descendants of workers, by pid.
+    strays: BTreeMap<i32, Stray>,
+    /// Look for new strays once this input is handled (one scan however many reasons).
+    scan: bool,
     out: Vec<Action>,
 }
 
@@ -242,6 +261,8 @@ impl Machine {
             failed_release: None,
             life: Life::Serving,
             started: now,
+            strays: BTreeMap::new(),
+            scan: false,
             out: Vec::new(),
         }
     }
@@ -258,7 +279,12 @@ impl Machine {
             ),
             Input::Version(v) => self.on_version(now, v),
             Input::Spawned { worker, pid } => self.on_spawned(now, worker, pid),
-            Input::SpawnFailed { worker, error } => self.on_spawn_failed(now, worker, error),
+            Input::SpawnFailed {
+                worker,
+                error,
+                ours,
+            } => self.on_spawn_failed(now, worker, error, ours),
+            Input::Children(children) => self.on_children(now, children),
             Input::Notify { worker, msg } => self.on_notify(now, worker, msg),
             Input::Exited { pid, status } => self.on_exit(now, pid, status),
             Input::Tick => self.on_tick(now),
@@ -266,13 +292,18 @@ impl Machine {
             Input::KillAll => self.kill_all(),
         }
         self.start_queued(now);
+        if std::mem::take(&mut self.scan) {
+            self.out.push(Action::ScanChildren);
+        }
         std::mem::take(&mut self.out)
     }
 
     /// The exit code, once handoff is shutting down and every worker is gone.
     pub fn exit_code(&self) -> Option<i32> {
         match self.life {
-            Life::ShuttingDown { code } if self.workers.is_empty() => Some(code),
+            Life::ShuttingDown { code } if self.workers.is_empty() && self.strays.is_empty() => {
+                Some(code)
+            }
             _ => None,
         }
     }
@@ -292,7 +323,11 @@ impl Machine {
             Occupant::Restarting { at } => Some(at),
             _ => None,
         });
-        workers.chain(restarts).flatten().min()
+        let strays = self.strays.values().map(|s| match s {
+            Stray::Draining { deadline } => Some(*deadline),
+            _ => None,
+        });
+        workers.chain(restarts).chain(strays).flatten().min()
     }
 
     pub fn policy(&self) -> &Policy {
@@ -542,38 +577,24 @@ impl Machine {
         self.finish(now, Outcome::Ok, message);
     }
 
-    fn fail_rollover(&mut self, now: Instant, reason: String) {
+    /// `release_at_fault`: false when handoff itself could not start a worker (out of fds,
+    /// say): the release was never tried, so it is not remembered as a failed one.
+    fn fail_rollover(&mut self, now: Instant, reason: String, release_at_fault: bool) {
         let RolloverPhase::Running(ro) = &mut self.rollover else {
             return;
         };
+        let (generation, switched, mode) = (ro.generation, ro.switched, ro.mode);
+        if mode == Mode::Initial {
+            return self.fail_first_generation(now, reason);
+        }
         let pending = std::mem::take(&mut ro.pending);
         ro.to_spawn.clear();
-        let (generation, switched, mode) = (ro.generation, ro.switched, ro.mode);
         // New workers may already have accepted connections: drain them, don't kill them.
         for id in pending {
             self.drain(now, id, "rolled back");
         }
-        if mode == Mode::Initial {
-            self.rollover = RolloverPhase::Idle;
-            // Nothing to roll back to: tell systemd the start failed by exiting non-zero.
-            self.log(
-                Level::Error,
-                Some(generation),
-                format!("the first generation failed: {reason}"),
-            );
-            self.begin_shutdown(now, "the first generation failed", 1);
-            return;
-        }
-        let (outcome, message) = if switched == 0 {
-            (
-                Outcome::RolledBack,
-                format!(
-                    "rolled back: generation {} still serves; {reason}",
-                    self.current
-                ),
-            )
-        } else {
-            let n = self.slots.len();
+        let n = self.slots.len();
+        let (outcome, message) = if switched > 0 {
             (
                 Outcome::Partial,
                 format!(
@@ -583,9 +604,81 @@ impl Machine {
                     n - switched
                 ),
             )
+        } else if release_at_fault {
+            (
+                Outcome::RolledBack,
+                format!(
+                    "rolled back: generation {} still serves; {reason}",
+                    self.current
+                ),
+            )
+        } else {
+            (
+                Outcome::Refused,
+                format!(
+                    "handoff could not try generation {generation}: {reason}; generation {} \
+                     still serves, and the release was not at fault: retry once handoff has \
+                     the resources",
+                    self.current
+                ),
+            )
         };
         self.log(Level::Error, Some(generation), message.clone());
         self.finish(now, outcome, message);
+        if !release_at_fault
+            && let Some(f) = &self.failed_release
+            && f.generation == generation
+        {
+            self.failed_release = None;
+        }
+    }
+
+    /// A first generation has nothing to fall back to. If none of its workers got ready,
+    /// handoff shuts down with exit code 1 (systemd sees the start fail). If some did, they
+    /// already answer requests: they stay, the other slots restart with backoff as after a
+    /// crash, and the start completes as `partial`.
+    fn fail_first_generation(&mut self, now: Instant, reason: String) {
+        let RolloverPhase::Running(ro) = &mut self.rollover else {
+            return;
+        };
+        let generation = ro.generation;
+        let pending = std::mem::take(&mut ro.pending);
+        ro.to_spawn.clear();
+        let ready: Vec<WorkerId> = pending
+            .iter()
+            .copied()
+            .filter(|id| matches!(self.workers[id].phase, Phase::Ready { .. }))
+            .collect();
+        for id in pending.iter().filter(|id| !ready.contains(id)) {
+            self.drain(now, *id, "the first generation failed");
+        }
+        if ready.is_empty() {
+            self.rollover = RolloverPhase::Idle;
+            self.log(
+                Level::Error,
+                Some(generation),
+                format!("the first generation failed: {reason}"),
+            );
+            self.begin_shutdown(now, "the first generation failed", 1);
+            return;
+        }
+        for &id in &ready {
+            let slot = self.workers[&id].slot;
+            self.slots[slot].occupant = Occupant::Worker(id);
+        }
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].occupant == Occupant::Vacant {
+                self.schedule_restart(now, slot);
+            }
+        }
+        self.current = generation;
+        let n = self.slots.len();
+        let message = format!(
+            "started with {} of {n} ready: {reason}; the others restart with backoff",
+            ready.len()
+        );
+        self.log(Level::Warn, Some(generation), message.clone());
+        self.finish(now, Outcome::Partial, message);
     }
 
     fn finish(&mut self, now: Instant, outcome: Outcome, message: String) {
@@ -686,7 +779,7 @@ impl Machine {
         }
     }
 
-    fn on_spawn_failed(&mut self, now: Instant, id: WorkerId, error: String) {
+    fn on_spawn_failed(&mut self, now: Instant, id: WorkerId, error: String, ours: bool) {
         let Some(w) = self.workers.remove(&id) else {
             return;
         };
@@ -696,7 +789,7 @@ impl Machine {
                 "cannot start worker {} of generation {}: {error}",
                 w.slot, w.generation
             );
-            self.fail_rollover(now, reason);
+            self.fail_rollover(now, reason, !ours);
         } else if self.slots[w.slot].occupant == Occupant::Worker(id) {
             self.log(
                 Level::Error,
@@ -719,13 +812,26 @@ impl Machine {
         if msg.errno.is_some() {
             w.errno = msg.errno;
         }
-        if let (Some(ext), Phase::Starting { deadline, ready_at }) = (msg.extend_timeout, w.phase) {
+        if let (Some(ext), Phase::Starting { deadline, ready_at }) = (msg.extend_timeout, w.phase)
+            && now + ext > deadline
+        {
             // As systemd does: the deadline moves to "now + extension", if later.
             w.phase = Phase::Starting {
-                deadline: deadline.max(now + ext),
+                deadline: now + ext,
                 ready_at,
             };
+            // systemd's own timeout for the start (or the reload) must follow, or it gives
+            // up on handoff while the worker is still within its time.
+            if self.rollover_of(id).is_some() {
+                self.out
+                    .push(Action::Systemd(vec![SystemdState::ExtendTimeout(
+                        ext + SYSTEMD_SLACK,
+                    )]));
+            }
         }
+        let Some(w) = self.workers.get(&id) else {
+            return;
+        };
         if msg.ready && notify_mode && matches!(w.phase, Phase::Starting { .. }) {
             self.mark_ready(now, id);
         }
@@ -759,6 +865,25 @@ impl Machine {
                 _ => {}
             }
         }
+        let due: Vec<i32> = self
+            .strays
+            .iter()
+            .filter(|(_, s)| matches!(s, Stray::Draining { deadline } if *deadline <= now))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in due {
+            self.strays.insert(pid, Stray::Killed);
+            self.log(
+                Level::Error,
+                None,
+                format!(
+                    "ALERT: pid {pid}, a descendant of a worker re-parented to handoff, still runs \
+                     {} after the drain signal; sending SIGKILL",
+                    human(self.policy.drain_timeout)
+                ),
+            );
+            self.kill(pid);
+        }
         for slot in 0..self.slots.len() {
             if let Occupant::Restarting { at } = self.slots[slot].occupant
                 && at <= now
@@ -781,7 +906,7 @@ impl Machine {
         );
         let slot = w.slot;
         if self.rollover_of(id).is_some() {
-            self.fail_rollover(now, reason);
+            self.fail_rollover(now, reason, true);
         } else {
             // A restarted worker that never got ready: drain it and count a crash.
             self.log_worker(Level::Warn, id, reason);
@@ -805,6 +930,9 @@ impl Machine {
         if let Some(pid) = w.pid {
             self.out.push(Action::Signal { pid, signal });
         }
+        // Its re-parented descendants drain with it; look for new ones too.
+        self.drain_strays_of(now, id);
+        self.scan = true;
         self.log_worker(
             Level::Info,
             id,
@@ -851,6 +979,7 @@ impl Machine {
 
     fn on_exit(&mut self, now: Instant, pid: i32, status: ExitStatus) {
         let Some((&id, _)) = self.workers.iter().find(|(_, w)| w.pid == Some(pid)) else {
+            self.strays.remove(&pid);
             self.log(
                 Level::Debug,
                 None,
@@ -863,6 +992,8 @@ impl Machine {
         // again (it may be reused).
         let w = self.workers.remove(&id).expect("worker");
         self.out.push(Action::CloseNotify { worker: id });
+        self.drain_strays_of(now, id);
+        self.scan = true;
         // Whatever the worker left in its process group (a grandchild still holding the
         // listening socket, say) goes with it.
         self.out.push(Action::SignalGroup {
@@ -906,7 +1037,7 @@ impl Machine {
         let stable = matches!(w.phase, Phase::Ready { since } if now.saturating_duration_since(since) >= STABLE_AFTER);
         if let Some(ro) = self.rollover_of(id) {
             ro.pending.retain(|p| *p != id);
-            self.fail_rollover(now, reason);
+            self.fail_rollover(now, reason, true);
         } else if self.slots[slot].occupant == Occupant::Worker(id) && !self.shutting_down() {
             if stable {
                 self.slots[slot].crashes = 0;
@@ -969,6 +1100,90 @@ impl Machine {
         });
     }
 
+    // ---- re-parented descendants ---------------------------------------------------------
+
+    fn on_children(&mut self, now: Instant, children: Vec<(i32, Option<(u64, usize)>)>) {
+        for (pid, tag) in children {
+            if self.strays.contains_key(&pid) || self.workers.values().any(|w| w.pid == Some(pid)) {
+                continue;
+            }
+            // Its environment names the worker that started it; the oldest living worker of
+            // that generation and slot is the one (a restart in the same slot is younger).
+            let owner = tag.and_then(|(g, slot)| {
+                self.workers
+                    .iter()
+                    .find(|(_, w)| w.generation == g && w.slot == slot)
+                    .map(|(id, w)| (*id, w.phase))
+            });
+            match owner {
+                Some((owner, Phase::Spawning | Phase::Starting { .. } | Phase::Ready { .. }))
+                    if !self.shutting_down() =>
+                {
+                    self.log(
+                        Level::Info,
+                        tag.map(|t| t.0),
+                        format!(
+                            "pid {pid} left worker {}'s process tree and was re-parented to \
+                             handoff; it will be drained with its worker",
+                            tag.map_or(0, |t| t.1)
+                        ),
+                    );
+                    self.strays.insert(pid, Stray::Attached { owner });
+                }
+                _ => {
+                    let whose = match tag {
+                        Some((g, slot)) => {
+                            format!("of worker {slot} of generation {g}, which is gone or draining")
+                        }
+                        None => "whose environment names no handoff worker".to_string(),
+                    };
+                    self.log(
+                        Level::Warn,
+                        tag.map(|t| t.0),
+                        format!("pid {pid}, a re-parented descendant {whose}: draining it"),
+                    );
+                    self.strays.insert(pid, Stray::Attached { owner: 0 });
+                    self.drain_stray(now, pid);
+                }
+            }
+        }
+    }
+
+    fn drain_strays_of(&mut self, now: Instant, owner: WorkerId) {
+        let theirs: Vec<i32> = self
+            .strays
+            .iter()
+            .filter(|(_, s)| **s == Stray::Attached { owner })
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in theirs {
+            self.drain_stray(now, pid);
+        }
+    }
+
+    fn drain_stray(&mut self, now: Instant, pid: i32) {
+        let deadline = now + self.policy.drain_timeout;
+        if let Some(s @ Stray::Attached { .. }) = self.strays.get_mut(&pid) {
+            *s = Stray::Draining { deadline };
+            self.out.push(Action::Signal {
+                pid,
+                signal: self.policy.drain_signal,
+            });
+        }
+    }
+
+    /// SIGKILL to a process and to the process group it leads, if it leads one.
+    fn kill(&mut self, pid: i32) {
+        self.out.push(Action::SignalGroup {
+            pgid: pid,
+            signal: Signal::SIGKILL,
+        });
+        self.out.push(Action::Signal {
+            pid,
+            signal: Signal::SIGKILL,
+        });
+    }
+
     // ---- shutdown ------------------------------------------------------------------------
 
     fn begin_shutdown(&mut self, now: Instant, why: &str, code: i32) {
@@ -1007,6 +1222,11 @@ impl Machine {
         for id in ids {
             self.drain(now, id, why);
         }
+        let strays: Vec<i32> = self.strays.keys().copied().collect();
+        for pid in strays {
+            self.drain_stray(now, pid);
+        }
+        self.scan = true;
         for s in &mut self.slots {
             s.occupant = Occupant::Vacant;
         }
@@ -1018,6 +1238,11 @@ impl Machine {
             None,
             "second SIGINT: killing all workers now".into(),
         );
+        let strays: Vec<i32> = self.strays.keys().copied().collect();
+        for pid in strays {
+            self.strays.insert(pid, Stray::Killed);
+            self.kill(pid);
+        }
         for w in self.workers.values_mut() {
             if let Some(pid) = w.pid {
                 w.phase = Phase::Killed;

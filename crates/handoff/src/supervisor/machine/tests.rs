@@ -27,6 +27,8 @@ struct Harness {
     version: VersionInfo,
     /// Spawns that fail (by slot) instead of answering with a pid.
     fail_spawn: Option<usize>,
+    /// ...and whether handoff (not the release) is to blame.
+    fail_ours: bool,
 }
 
 fn version(text: &str) -> VersionInfo {
@@ -48,6 +50,7 @@ impl Harness {
             pids: BTreeMap::new(),
             version: version("1.0.0"),
             fail_spawn: None,
+            fail_ours: false,
         }
     }
 
@@ -63,6 +66,7 @@ impl Harness {
                             queue.push_back(Input::SpawnFailed {
                                 worker: *worker,
                                 error: "no such file".into(),
+                                ours: self.fail_ours,
                             });
                         } else {
                             let pid = self.next_pid;
@@ -635,4 +639,115 @@ fn old_generations_are_forgotten_once_their_workers_are_gone() {
             .map(|g| g.number)
             .collect();
     assert_eq!(g, [2]);
+}
+
+#[test]
+fn an_extension_asked_for_in_a_rollover_is_passed_on_to_systemd() {
+    let mut h = Harness::serving(policy(1));
+    h.reload(1);
+    let a = h.say(
+        101,
+        Message {
+            extend_timeout: Some(Duration::from_secs(90)),
+            ..Message::default()
+        },
+    );
+    assert!(told_systemd(
+        &a,
+        &SystemdState::ExtendTimeout(Duration::from_secs(90) + SYSTEMD_SLACK)
+    ));
+    // One that does not move the deadline is not passed on.
+    let a = h.say(
+        101,
+        Message {
+            extend_timeout: Some(Duration::from_secs(1)),
+            ..Message::default()
+        },
+    );
+    assert!(a.is_empty(), "{a:?}");
+}
+
+#[test]
+fn a_first_generation_with_a_ready_worker_keeps_it_and_restarts_the_rest() {
+    let mut h = Harness::new(policy(2));
+    h.send(Input::Start);
+    h.ready(100);
+    let a = h.exit(101, 1);
+    assert!(!told_systemd(&a, &SystemdState::Stopping), "no shutdown");
+    assert!(
+        told_systemd(&a, &SystemdState::Ready),
+        "the start completes"
+    );
+    assert!(logs(&a, Level::Warn)[0].contains("started with 1 of 2 ready"));
+    let st = h.m.status(h.now);
+    assert_eq!((st.current_generation, st.ready), (1, 1));
+    assert_eq!(st.last_rollover.unwrap().outcome, Outcome::Partial);
+    assert_eq!(
+        spawned(&h.after(Duration::from_millis(100))),
+        [1],
+        "slot 1 restarts"
+    );
+    assert_eq!(h.m.exit_code(), None);
+}
+
+#[test]
+fn a_spawn_failure_of_handoffs_own_is_not_held_against_the_release() {
+    let mut p = policy(1);
+    p.version_file = true;
+    let mut h = Harness::serving(p);
+    h.version = version("2.0.0");
+    h.fail_spawn = Some(0);
+    h.fail_ours = true;
+    let r = replies(&h.reload_if_changed(1));
+    assert_eq!(r[0].1.outcome, Outcome::Refused, "{}", r[0].1.message);
+    assert!(
+        r[0].1.message.contains("release was not at fault"),
+        "{}",
+        r[0].1.message
+    );
+    // Once handoff has its fds back, --if-changed tries the release (it was never tried).
+    h.fail_spawn = None;
+    assert_eq!(spawned(&h.reload_if_changed(2)), [0]);
+}
+
+#[test]
+fn re_parented_descendants_go_with_their_worker() {
+    let mut h = Harness::serving(policy(1));
+    // pid 900 names worker (1, 0) in its environment; 901 names nobody.
+    let a = h.send(Input::Children(vec![
+        (900, Some((1, 0))),
+        (901, None),
+        (100, Some((1, 0))),
+    ]));
+    assert_eq!(
+        signalled(&a, Signal::SIGTERM),
+        [901],
+        "the unattributed one drains at once"
+    );
+    // The worker drains in a rollover: its descendant with it; a scan looks for more.
+    h.reload(1);
+    let a = h.ready(101);
+    assert_eq!(signalled(&a, Signal::SIGTERM), [100, 900]);
+    assert!(a.contains(&Action::ScanChildren));
+    // 900 ignores SIGTERM: killed at the drain deadline, with its process group.
+    let a = h.after(Duration::from_secs(10));
+    assert!(a.contains(&Action::Signal {
+        pid: 900,
+        signal: Signal::SIGKILL
+    }));
+    assert!(a.contains(&Action::SignalGroup {
+        pgid: 900,
+        signal: Signal::SIGKILL
+    }));
+    // Shutdown waits for descendants as for workers.
+    h.exit(100, 0);
+    h.send(Input::Shutdown {
+        why: "SIGTERM".into(),
+        code: 0,
+    });
+    h.exit(101, 0);
+    assert_eq!(h.m.exit_code(), None, "900 and 901 still run");
+    h.exit(900, 137);
+    h.exit(901, 0);
+    assert_eq!(h.m.exit_code(), Some(0));
 }
