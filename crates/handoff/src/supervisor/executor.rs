@@ -620,8 +620,8 @@ pub fn check_notify_dir(dir: &Path) -> Result<(), String> {
     let len = longest.as_os_str().len();
     if len >= SUN_PATH {
         return Err(format!(
-            "the runtime dir {} is too long for unix sockets ({len} bytes for {}, the limit is {}): \
-             give a shorter --runtime-dir",
+            "the notify sockets under {} would not fit a unix socket address ({len} bytes for \
+             {}, the limit is {}): give a shorter --runtime-dir",
             dir.display(),
             longest.display(),
             SUN_PATH - 1
