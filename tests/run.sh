@@ -28,6 +28,11 @@ for suite in systemd rpm; do
   if [ "$(id -u)" = 0 ]; then part "$suite" bash "tests/$suite/run.sh"
   else echo "==== $suite: SKIPPED (needs root to boot the sandboxed systemd)"; fi
 done
+# The demo in a short mode (about 10 s), and docs/operating.md followed as written on a clean
+# sandboxed systemd (root; about 30 s): both on the binaries built above.
+part demo bash tests/demo/run.sh
+if [ "$(id -u)" = 0 ]; then part walkthrough bash tests/systemd/walkthrough.sh
+else echo "==== walkthrough: SKIPPED (needs root to boot the sandboxed systemd)"; fi
 
 echo
 [ ${#failed[@]} -eq 0 ] || echo "failed parts: ${failed[*]}"

@@ -52,33 +52,17 @@ cleanup() {
 # shellcheck source=../lib/suite.sh
 . "$here/../lib/suite.sh"
 
-# ---- helpers -------------------------------------------------------------------------------------
-CTL=/run/handoff-$APP/control.sock
-hstatus() { sx /usr/bin/handoff status --json --control "$CTL" 2>/dev/null; }
-hj() { hstatus | $PY -c "import json,sys; d=json.load(sys.stdin); print($1)" 2>/dev/null; }
-curgen() { hj 'd["current_generation"]'; }
-get() { curl -sS -m "${2:-10}" "$1" 2>&1; }
-now_ms() { date +%s%3N; }
-wait_for() { local secs=$1; shift; for _ in $(seq 1 $((secs*10))); do "$@" && return 0; sleep 0.1; done; return 1; }
+# ---- helpers: tests/lib/handoff.sh (the packages install to /usr/bin, /etc/handoff, /opt) --------
+# shellcheck source=../lib/handoff.sh
+. "$here/../lib/handoff.sh"
+TRIG=$(trig_unit $APP)
 # Debian's rpm warns on every install that rpm is not its package manager: drop those two lines.
 undebian() { grep -v -e 'RPM should not be used directly' -e 'assuming you know what you are doing'; }
 # rpm inside the sandbox, on the overlay's database; output in $W/rpm.out, exit status returned
 srpm() { SX_TIMEOUT=240 sx rpm --dbpath /var/lib/rpm "$@" > "$W/rpm.out.raw" 2>&1; local rc=$?; undebian < "$W/rpm.out.raw" > "$W/rpm.out"; return $rc; }
 rpm_out() { sed 's/^/        rpm| /' "$W/rpm.out"; }
-jcursor() { sx journalctl -n 0 --show-cursor -q 2>/dev/null | sed -n 's/^-- cursor: //p'; }
-jsince() { local c=$1; shift; sx journalctl --no-pager -q -o cat --after-cursor="$c" "$@" 2>/dev/null; }
-loadgen_start() {  # loadgen_start NAME [ARGS...]
-  local name=$1; shift
-  rm -f "$W/stop.$name" "$W/load.$name.json"
-  $PY "$here/../lib/loadgen.py" --port "$PORT" --timeout 15 --pause-ms 5 \
-    --stop-file "$W/stop.$name" --out "$W/load.$name.json" "$@" &
-  bg_pids+=($!); eval "load_pid_$name=$!"
-}
-loadgen_stop() { local pid; pid=$(eval echo "\$load_pid_$1"); touch "$W/stop.$1"; wait "$pid" 2>/dev/null; }
-lg() { $PY -c "import json; d=json.load(open('$W/load.$1.json')); print($2)"; }
-TRIG=handoff-trigger@$APP.service
-trig_mark() { t_before=$(prop $TRIG InactiveEnterTimestampMonotonic); }
-trig_done() { local s; s=$(prop $TRIG ActiveState); [ "$(prop $TRIG InactiveEnterTimestampMonotonic)" != "$t_before" ] && { [ "$s" = inactive ] || [ "$s" = failed ]; }; }
+# the app's load: a longer timeout and a pause between requests (Egg is slower than the example worker)
+app_load_start() { local name=$1; shift; loadgen_start "$name" "$PORT" --timeout 15 --pause-ms 5 "$@"; }
 version_of() { get "http://127.0.0.1:$PORT/" "${1:-10}" | $PY -c 'import json,sys; print(json.load(sys.stdin)["version"])' 2>/dev/null; }
 
 # ---- prerequisites -------------------------------------------------------------------------------
@@ -367,14 +351,8 @@ t_packages() {
 
 # ---- 2d. an image build: rpm -i where systemd is not running ------------------------------------
 # A private mount namespace on the host (PID 1 is not systemd there): overlays over /usr /etc /opt
-# /var and an empty /run, so /run/systemd/system is absent, as in a chroot or a container build.
-overlay_script() {  # overlay_script DIR: sh commands mounting overlays whose upper dirs are in DIR
-  local d
-  for d in usr etc opt var; do
-    printf 'mkdir -p %s/%s/up %s/%s/work && mount -t overlay overlay -o lowerdir=/%s,upperdir=%s/%s/up,workdir=%s/%s/work /%s\n' \
-      "$1" $d "$1" $d $d "$1" $d "$1" $d $d
-  done
-}
+# /var (overlay_script, tests/lib/handoff.sh) and an empty /run, so /run/systemd/system is absent,
+# as in a chroot or a container build.
 t_image_build() {
   local ov=$W/ov-image out rc
   {
@@ -430,7 +408,7 @@ t_install_v1() {
   else bad "rpm -i v1: rc $rc, socket $st_sock, path $st_path, enabled '$en'"; rpm_out; return 1; fi
   local first t0 t1 g; t0=$(now_ms); first=$(get "http://127.0.0.1:$PORT/" 60); t1=$(now_ms)
   # The first worker answers as soon as it listens; generation 1 is current once all are ready.
-  wait_for 30 eval '[ "$(curgen)" = 1 ]'; g=$(curgen)
+  wait_for 30 eval '[ "$(curgen $APP)" = 1 ]'; g=$(curgen $APP)
   if grep -q '"version":"1.0.0"' <<<"$first" && [ "$g" = 1 ]; then
     ok "127.0.0.1:$PORT answers version 1.0.0 (socket activation, Egg booted in $((t1-t0)) ms), generation 1"
   else bad "v1: the first request got '$first' after $((t1-t0)) ms, generation '$g'; now: '$(get "http://127.0.0.1:$PORT/")'"; return 1; fi
@@ -442,19 +420,19 @@ t_install_v1() {
 
 t_upgrade_v2() {
   local g0 cur t0 t1 rc
-  g0=$(curgen); cur=$(jcursor); trig_mark
-  loadgen_start v2 --concurrency 4 --max-seconds 180
+  g0=$(curgen $APP); cur=$(jcursor); trig_mark $APP
+  app_load_start v2 --concurrency 4 --max-seconds 180
   sleep 1
   t0=$(now_ms); srpm -U --nodeps "$A2"; rc=$?; t1=$(now_ms)
   local v_after; v_after=$(version_of)
-  if wait_for 40 trig_done; then :; else info "the trigger did not finish within 40 s (state $(prop $TRIG ActiveState))"; fi
+  if wait_for 40 trig_done $APP; then :; else info "the trigger did not finish within 40 s (state $(prop $TRIG ActiveState))"; fi
   sleep 2
   loadgen_stop v2
   local g1 starts trig_log req okc failed
-  g1=$(curgen)
+  g1=$(curgen $APP)
   starts=$(jsince "$cur" -u handoff@$APP.service | grep -c 'rollover started')
   trig_log=$(jsince "$cur" -u $TRIG)
-  req=$(lg v2 'd["requests"]'); okc=$(lg v2 'd["ok"]'); failed=$(lg v2 'd["refused"]+d["reset"]+d["timeout"]+d["bad"]')
+  req=$(lg v2 'd["requests"]'); okc=$(lg v2 'd["ok"]'); failed=$(lg_failed v2)
   info "rpm -U took $((t1-t0)) ms; load: $req requests, $okc ok, $failed failed, by version $(lg v2 'd["by_version"]') in $(lg v2 'd["duration_s"]') s"
   [ $rc = 0 ] && grep -q 'generation [0-9]* serves' "$W/rpm.out" \
     && ok "rpm -U example-app 2.0.0: exit 0; %posttrans rolled over: $(cat "$W/rpm.out")" || { bad "rpm -U v2: rc $rc"; rpm_out; }
@@ -476,15 +454,15 @@ t_upgrade_v2() {
 
 t_upgrade_broken() {
   local g0 cur rc
-  g0=$(curgen); cur=$(jcursor); trig_mark
-  loadgen_start v3 --concurrency 4 --max-seconds 180
+  g0=$(curgen $APP); cur=$(jcursor); trig_mark $APP
+  app_load_start v3 --concurrency 4 --max-seconds 180
   sleep 1
   srpm -U --nodeps "$A3"; rc=$?
-  wait_for 40 trig_done
+  wait_for 40 trig_done $APP
   sleep 3
   loadgen_stop v3
   local g1 outcome msg starts j v
-  g1=$(curgen); outcome=$(hj 'd["last_rollover"]["outcome"]'); msg=$(hj 'd["last_rollover"]["message"]')
+  g1=$(curgen $APP); outcome=$(hj $APP 'd["last_rollover"]["outcome"]'); msg=$(hj $APP 'd["last_rollover"]["message"]')
   starts=$(jsince "$cur" -u handoff@$APP.service | grep -c 'rollover started')
   j=$(jsince "$cur")
   v=$(version_of)
@@ -507,18 +485,18 @@ t_upgrade_broken() {
 
 t_downgrade() {
   local g0 cur rc starts
-  g0=$(curgen); cur=$(jcursor); trig_mark
+  g0=$(curgen $APP); cur=$(jcursor); trig_mark $APP
   srpm -U --nodeps --oldpackage "$A2"; rc=$?
-  wait_for 40 trig_done; sleep 2
+  wait_for 40 trig_done $APP; sleep 2
   starts=$(jsince "$cur" -u handoff@$APP.service | grep -c 'rollover started')
-  if [ $rc = 0 ] && [ "$starts" = 0 ] && [ "$(curgen)" = "$g0" ] && [ "$(version_of)" = 2.0.0 ] && grep -q unchanged "$W/rpm.out"; then
+  if [ $rc = 0 ] && [ "$starts" = 0 ] && [ "$(curgen $APP)" = "$g0" ] && [ "$(version_of)" = 2.0.0 ] && grep -q unchanged "$W/rpm.out"; then
     ok "downgrade to the running 2.0.0 (rpm -U --oldpackage): no rollover needed: $(cat "$W/rpm.out")"
-  else bad "downgrade: rc $rc, $starts rollovers, generation $g0 -> $(curgen)"; rpm_out; fi
+  else bad "downgrade: rc $rc, $starts rollovers, generation $g0 -> $(curgen $APP)"; rpm_out; fi
 }
 
 t_erase() {
   local cgf
-  cgf=/proc/$(sb_pid)/root/sys/fs/cgroup/system.slice/system-handoff.slice/handoff@$APP.service/cgroup.procs
+  cgf=$(cg_procs_file handoff@$APP.service)
   local pids_before; pids_before=$(cat "$cgf" 2>/dev/null | wc -l)
   srpm -e example-app; local rc=$?
   local u states="" enabled="" left

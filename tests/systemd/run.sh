@@ -38,32 +38,10 @@ cleanup() {
 # shellcheck source=../lib/suite.sh
 . "$here/../lib/suite.sh"
 
-# ---- helpers -------------------------------------------------------------------------------------
-ctl() { echo "/run/handoff-$1/control.sock"; }                 # control socket of app $1 (inside)
-hstatus() { sx "$BIN/handoff" status --json --control "$(ctl "$1")"; }
-# hj APP PYEXPR: evaluate a Python expression on `handoff status --json` (as d)
-hj() { hstatus "$1" | $PY -c "import json,sys; d=json.load(sys.stdin); print($2)" 2>/dev/null; }
-curgen() { hj "$1" 'd["current_generation"]'; }
-# The newest generation number handed out: every rollover attempt, failed or not, takes one, so
-# differences of this count rollovers (current_generation skips the numbers of rolled back ones).
-maxgen() { hj "$1" 'max(d["current_generation"], (d.get("last_rollover") or {}).get("generation") or 0)'; }
-get() { curl -sS -m "${2:-10}" "$1" 2>&1; }
-now_ms() { date +%s%3N; }
-free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# wait_for SECS CMD...: poll until CMD succeeds
-wait_for() { local secs=$1 i; shift; for i in $(seq 1 $((secs*10))); do "$@" && return 0; sleep 0.1; done; return 1; }
-has_line() { grep -q -- "$2" "$1" 2>/dev/null; }
-loadgen_start() {  # loadgen_start NAME PORT [ARGS...]
-  local name=$1 port=$2; shift 2
-  rm -f "$W/stop.$name" "$W/load.$name.json"
-  $PY "$here/../lib/loadgen.py" --port "$port" --stop-file "$W/stop.$name" --out "$W/load.$name.json" "$@" &
-  bg_pids+=($!); eval "load_pid_$name=$!"
-}
-loadgen_stop() {   # loadgen_stop NAME -> summary JSON in $W/load.NAME.json
-  local name=$1 pid; pid=$(eval echo "\$load_pid_$name")
-  touch "$W/stop.$name"; wait "$pid" 2>/dev/null
-}
-lg() { $PY -c "import json; d=json.load(open('$W/load.$1.json')); print($2)"; }
+# ---- helpers: tests/lib/handoff.sh, with the install paths pointed at the build and work trees ----
+H_BIN=$BIN H_ETC=$W/etc H_OPT=$W/opt
+# shellcheck source=../lib/handoff.sh
+. "$here/../lib/handoff.sh"
 
 # ---- prerequisites -------------------------------------------------------------------------------
 for b in handoff handoff-example-worker handoff-trigger; do
@@ -77,10 +55,7 @@ P_DEMO=$(free_port); P_SLOW=$(free_port); P_NR=$(free_port)
 mkdir -p "$W/units" "$W/etc" "$W/opt/demo" "$W/opt/slow"
 # The committed units, with the three install paths pointed at the build and work trees.
 UNITS=${HANDOFF_UNITS_DIR:-$top/units}
-for f in "$UNITS"/handoff@.socket "$UNITS"/handoff@.service \
-         "$UNITS"/handoff-trigger@.path "$UNITS"/handoff-trigger@.service; do
-  sed "s#/usr/bin/#$BIN/#g; s#/etc/handoff/#$W/etc/#g; s#/opt/#$W/opt/#g" "$f" > "$W/units/$(basename "$f")"
-done
+units_rewrite "$UNITS" "$W/units"
 cat > "$W/etc/demo.toml" <<EOF
 workers = 2
 drain_timeout = "10s"
@@ -184,7 +159,7 @@ t_broken() {
   if grep -q "gen=$g0 .*version=1.0.0" <<<"$body" && [ "$cur" = "$g0" ]; then
     ok "broken release: generation $g0 (1.0.0) still serves: $body"
   else bad "broken release: serving '$body', current generation $cur (want $g0)"; fi
-  local st; st=$(sx "$BIN/handoff" status --control "$(ctl demo)" 2>&1)
+  local st; st=$(sx "$BIN/handoff" status --control "$(app_ctl demo)" 2>&1)
   if [ "$outcome" != ok ] && [ -n "$outcome" ] && grep -qi "last rollover" <<<"$st"; then
     ok "broken release: handoff status says why: $(grep -i 'last rollover' <<<"$st" | head -1)"
   else bad "broken release: handoff status outcome '$outcome' message '$msg'"; echo "$st" | sed 's/^/      /'; fi
@@ -200,15 +175,13 @@ t_broken() {
 # ---- 5. the package.json trigger -----------------------------------------------------------------
 # trig_step NAME EXPECTED_ROLLOVERS: run after an action; waits for the trigger run the action
 # caused to end, then a little more (a second rollover would show), and compares generations.
-TRIG=handoff-trigger@demo.service
-trig_mark() { g_before=$(maxgen demo); t_before=$(prop $TRIG InactiveEnterTimestampMonotonic); }
-trig_done() { local s; s=$(prop $TRIG ActiveState); [ "$(prop $TRIG InactiveEnterTimestampMonotonic)" != "$t_before" ] && { [ "$s" = inactive ] || [ "$s" = failed ]; }; }
+TRIG=$(trig_unit demo)
 trig_step() {
   local name=$1 want=$2 g1
-  if ! wait_for 30 trig_done; then bad "$name: the trigger did not run to its end within 30 s ($(prop $TRIG ActiveState))"; return 1; fi
+  if ! wait_for 30 trig_done demo; then bad "$name: the trigger did not run to its end within 30 s ($(prop $TRIG ActiveState))"; return 1; fi
   sleep 2.5
   g1=$(maxgen demo)
-  if [ "$((g1 - g_before))" = "$want" ] && trig_done; then
+  if [ "$((g1 - g_before))" = "$want" ] && trig_done demo; then
     ok "$name: $want rollover(s) (generation $g_before -> $g1), trigger exit $(prop $TRIG ExecMainStatus)"
   else bad "$name: generation $g_before -> $g1, wanted $want rollover(s); trigger $(prop $TRIG ActiveState) exit $(prop $TRIG ExecMainStatus)"; return 1; fi
 }
@@ -217,20 +190,20 @@ t_trigger() {
   sb_wait handoff-trigger@demo.path waiting 10 || { bad "path unit not waiting"; return; }
   local ver
 
-  trig_mark; printf '%s\n' '{"name":"demo","version":"1.1.0"}' > "$PJ"          # in place
+  trig_mark demo; printf '%s\n' '{"name":"demo","version":"1.1.0"}' > "$PJ"          # in place
   trig_step "package.json written in place" 1
   ver=$(hj demo 'd["generations"][0]["version"]["version"]'); [ "$ver" = 1.1.0 ] || bad "in place: running version is $ver"
 
-  trig_mark; printf '%s\n' '{"name":"demo","version":"1.2.0"}' > "$W/opt/demo/.pj.tmp"
+  trig_mark demo; printf '%s\n' '{"name":"demo","version":"1.2.0"}' > "$W/opt/demo/.pj.tmp"
   mv "$W/opt/demo/.pj.tmp" "$PJ"                                                   # rename-replace
   trig_step "package.json replaced by rename" 1
   ver=$(hj demo 'd["generations"][0]["version"]["version"]'); [ "$ver" = 1.2.0 ] || bad "rename: running version is $ver"
 
-  trig_mark; printf '%s\n' '{"name":"demo","version":"1.2.0"}' > "$PJ"          # same bytes again
+  trig_mark demo; printf '%s\n' '{"name":"demo","version":"1.2.0"}' > "$PJ"          # same bytes again
   trig_step "unchanged rewrite of package.json" 0
 
   local since; since=$(sx date '+%Y-%m-%d %H:%M:%S')
-  trig_mark; printf '%s' '{"name":"demo","version":"1.3.0",' > "$PJ"            # invalid JSON
+  trig_mark demo; printf '%s' '{"name":"demo","version":"1.3.0",' > "$PJ"            # invalid JSON
   trig_step "invalid package.json" 0
   local res code j
   res=$(prop $TRIG Result); code=$(prop $TRIG ExecMainStatus)
@@ -241,9 +214,9 @@ t_trigger() {
 
   # a burst of broken writes must not exhaust any limit: the path unit keeps watching
   local i
-  trig_mark
+  trig_mark demo
   for i in $(seq 1 15); do printf '{"broken": %s' "$i" > "$PJ"; sleep 0.1; done
-  wait_for 30 trig_done
+  wait_for 30 trig_done demo
   local pst pres; pst=$(prop handoff-trigger@demo.path ActiveState); pres=$(prop handoff-trigger@demo.path Result)
   if [ "$pst" = active ] && [ "$pres" = success ]; then ok "15 invalid writes in 1.5 s: no rollover, path unit still watching ($pst, result $pres)"
   else bad "after a burst of invalid writes the path unit is $pst (result $pres)"; fi
@@ -254,8 +227,8 @@ t_trigger() {
   local runs=0 t t0b
   since=$(sx date '+%Y-%m-%d %H:%M:%S'); t0b=$(now_ms)
   for i in $(seq 1 8); do
-    trig_mark; printf '{"broken": "again %s"' "$i" > "$PJ"
-    wait_for 10 trig_done && runs=$((runs+1))
+    trig_mark demo; printf '{"broken": "again %s"' "$i" > "$PJ"
+    wait_for 10 trig_done demo && runs=$((runs+1))
   done
   t0b=$(( $(now_ms) - t0b ))
   pst=$(prop handoff-trigger@demo.path ActiveState); pres=$(prop handoff-trigger@demo.path Result)
@@ -264,11 +237,11 @@ t_trigger() {
     ok "8 broken releases in $t0b ms: 8 trigger runs, each exit 65, no rollover; path unit still watching"
   else bad "8 broken releases in $t0b ms: $runs runs ended, $t errors logged, path unit $pst (result $pres)"; fi
   rm -f "/proc/$(sb_pid)/root/run/systemd/system/$TRIG.d/20-fast.conf"; sx systemctl daemon-reload
-  trig_mark; printf '%s\n' '{"name":"demo","version":"1.3.0"}' > "$PJ"
+  trig_mark demo; printf '%s\n' '{"name":"demo","version":"1.3.0"}' > "$PJ"
   trig_step "valid release after the broken ones" 1
 
   # a 10,000-file install, package.json replaced half-way
-  trig_mark
+  trig_mark demo
   $PY - "$W/opt/demo" <<'EOF'
 import os, sys
 root = sys.argv[1]
@@ -291,10 +264,10 @@ EOF
       "$W/rpm.lock" "$W/rpm.locked" &
   local holder=$!; bg_pids+=("$holder")
   wait_for 10 test -e "$W/rpm.locked" || bad "rpm lock holder did not start"
-  trig_mark; printf '%s\n' '{"name":"demo","version":"1.5.0"}' > "$PJ"
+  trig_mark demo; printf '%s\n' '{"name":"demo","version":"1.5.0"}' > "$PJ"
   sleep 3
   local g_mid st_mid; g_mid=$(maxgen demo); st_mid=$(prop $TRIG ActiveState)
-  sx "$BIN/handoff" reload --if-changed --control "$(ctl demo)" >/dev/null 2>&1; local src=$?
+  sx "$BIN/handoff" reload --if-changed --control "$(app_ctl demo)" >/dev/null 2>&1; local src=$?
   kill "$holder"; wait "$holder" 2>/dev/null
   if [ "$g_mid" = "$g_before" ] && [ "$st_mid" = activating ]; then
     ok "rpm lock held: the trigger waits (still $st_mid after 3 s, no rollover)"
@@ -314,7 +287,7 @@ t_journal() {
 # ---- 7. kill -9 of handoff during a rollover -------------------------------------------------------
 cg_pids() {  # host pids (with start times) in the unit's cgroup, read through the sandbox's root
   local f p
-  f=/proc/$(sb_pid)/root/sys/fs/cgroup/system.slice/system-handoff.slice/$1/cgroup.procs
+  f=$(cg_procs_file "$1")
   for p in $(cat "$f" 2>/dev/null); do echo "$p:$(awk '{print $22}' "/proc/$p/stat" 2>/dev/null)"; done
 }
 t_kill9() {
@@ -376,7 +349,7 @@ t_stop() {
   wait "$c"; local crc=$?
   local st res procs
   st=$(prop handoff@demo.service ActiveState); res=$(prop handoff@demo.service Result)
-  procs=$(cat "/proc/$(sb_pid)/root/sys/fs/cgroup/system.slice/system-handoff.slice/handoff@demo.service/cgroup.procs" 2>/dev/null | wc -l)
+  procs=$(cat "$(cg_procs_file handoff@demo.service)" 2>/dev/null | wc -l)
   if [ "$crc" = 0 ] && grep -q "gen=$g .*slow=3000ms" "$W/slow.out"; then
     ok "systemctl stop: the slow request started before the stop completed: $(cat "$W/slow.out")"
   else bad "systemctl stop: slow request got '$(cat "$W/slow.out")' (curl exit $crc)"; fi
@@ -456,15 +429,79 @@ t_multi() {
   sx systemctl stop handoff@multi.service handoff@multi.socket multi-admin.socket 2>/dev/null
 }
 
-t_sa
-t_status
-t_reloads
-t_broken
-t_trigger
-t_journal
-t_kill9
-t_stop
-t_notify_reload
-t_multi
+# ---- 11. reload while the socket-activated service is still activating ---------------------------
+# systemd merges a reload job into a pending start job: `systemctl reload` returns 0 once the start
+# is done, and no ExecReload= runs. A release that lands while handoff is still starting (here the
+# workers take 4 s) is therefore missed by `systemctl reload`; the trigger must still roll over once.
+ACT_PORT=
+act_setup() {
+  ACT_PORT=$(free_port)
+  mkdir -p "$W/opt/act"
+  printf '%s\n' '{"name":"act","version":"1.0.0"}' > "$(app_pj act)"
+  sed "s#/demo/#/act/#g" "$W/etc/demo.toml" > "$(app_toml act)"
+  printf '[Socket]\nListenStream=\nListenStream=127.0.0.1:%s\n' "$ACT_PORT" | sb_dropin handoff@act.socket 10-test
+  printf '[Service]\nEnvironment=EXAMPLE_VERSION_FILE=%s EXAMPLE_STARTUP_MS=4000\n' "$(app_pj act)" | sb_dropin handoff@act.service 10-test
+  printf '[Service]\nEnvironment=HANDOFF_TRIGGER_RPM_LOCK=%s\n' "$W/rpm.lock" | sb_dropin handoff-trigger@act.service 10-test
+  sx systemctl start handoff@act.socket
+}
+act_version() { hj act 'd["generations"][0]["version"]["version"]'; }
+# act_activate: a first connection starts handoff@act; returns once the unit is activating
+act_activate() {
+  get "http://127.0.0.1:$ACT_PORT/" 30 > "$W/act.first" &
+  bg_pids+=($!)
+  sb_wait handoff@act.service activating 10 >/dev/null 2>&1
+}
+t_activating() {
+  act_setup || { bad "activating: set up app act"; return; }
+  # A. systemctl reload while activating: exit 0, nothing rolls over
+  act_activate || { bad "activating: handoff@act.service never activating"; return; }
+  printf '%s\n' '{"name":"act","version":"2.0.0"}' > "$(app_pj act)"
+  local t0 rc st; t0=$(now_ms)
+  sx systemctl reload handoff@act.service 2>"$W/act.reload.err"; rc=$?
+  st=$(prop handoff@act.service ActiveState)
+  wait_for 20 eval '[ "$(prop handoff@act.service ActiveState)" = active ]'
+  local g v; g=$(maxgen act); v=$(act_version)
+  if [ "$rc" = 0 ] && [ "$g" = 1 ] && [ "$v" = 1.0.0 ]; then
+    ok "systemd merges a reload into the start job: systemctl reload while activating exits 0 after $(( $(now_ms) - t0 )) ms (unit then $st), no rollover: generation $g still runs 1.0.0 while package.json says 2.0.0"
+  else info "systemctl reload while activating: exit $rc, generation $g, version $v (systemd did not merge it?)"; fi
+  # B. the release trigger while activating: one rollover to the release
+  sx systemctl stop handoff@act.service
+  printf '%s\n' '{"name":"act","version":"2.0.0"}' > "$(app_pj act)"
+  sx systemctl start handoff-trigger@act.path || { bad "start handoff-trigger@act.path"; return; }
+  sb_wait handoff-trigger@act.path waiting 10 >/dev/null 2>&1
+  act_activate || { bad "activating (B): handoff@act.service never activating"; return; }
+  trig_mark act; g_before=0
+  printf '%s\n' '{"name":"act","version":"3.0.0"}' > "$(app_pj act)"
+  if wait_for 60 trig_done act; then
+    wait_for 10 eval '[ "$(act_version)" = 3.0.0 ]'
+    g=$(maxgen act); v=$(act_version)
+    if [ "$g" = 2 ] && [ "$v" = 3.0.0 ] && [ "$(prop "$(trig_unit act)" Result)" = success ]; then
+      ok "a release landing while handoff@act is activating: the trigger rolled over once (generation 1 -> $g, version $v), exit 0"
+    else bad "release while activating: generation $g, version $v, trigger $(prop "$(trig_unit act)" Result) exit $(prop "$(trig_unit act)" ExecMainStatus)"; fi
+  else bad "release while activating: the trigger did not end within 60 s ($(prop "$(trig_unit act)" ActiveState))"; fi
+  # C. handoff restarting: its control socket is there, nobody answers yet (a crashed handoff's
+  # socket before systemd cleans up; here a stale one). The trigger must wait for the new handoff.
+  sx systemctl stop handoff@act.service
+  sx mkdir -p /run/handoff-act
+  sx "$PY" -c 'import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' "$(app_ctl act)"
+  local cur; cur=$(jcursor)
+  trig_mark act
+  printf '%s\n' '{"name":"act","version":"4.0.0"}' > "$(app_pj act)"
+  wait_for 20 eval 'trig_done act || jsince "$cur" -u "$(trig_unit act)" | grep -q "does not answer yet"'
+  act_activate
+  if wait_for 60 trig_done act; then
+    g=$(maxgen act); v=$(act_version)
+    local res code; res=$(prop "$(trig_unit act)" Result); code=$(prop "$(trig_unit act)" ExecMainStatus)
+    if [ "$res" = success ] && [ "$code" = 0 ] && [ "$v" = 4.0.0 ] && [ "$g" = 1 ]; then
+      ok "release while handoff's control socket does not answer (restarting): the trigger asked again until the new handoff answered ('$(jsince "$cur" -u "$(trig_unit act)" | grep -m1 -o 'does not answer yet.*')'), exit 0; generation $g runs $v"
+    else bad "release while handoff restarts: trigger $res exit $code; generation $g runs $v"; jsince "$cur" -u "$(trig_unit act)" | tail -4 | sed 's/^/      /'; fi
+  else bad "release while handoff restarts: the trigger did not end within 60 s"; fi
+  sx systemctl stop handoff-trigger@act.path handoff@act.service handoff@act.socket 2>/dev/null
+  sx systemctl reset-failed "$(trig_unit act)" 2>/dev/null
+}
+
+# Which checks run (all by default); CHECKS="t_activating" runs a subset while developing one.
+CHECKS=${CHECKS:-t_sa t_status t_reloads t_broken t_trigger t_journal t_kill9 t_stop t_notify_reload t_multi t_activating}
+for c in $CHECKS; do "$c"; done
 failed_units=$(sx systemctl --failed --no-legend --plain 2>/dev/null | grep -v '^handoff-trigger@demo.service' | grep . || true)
 [ -z "$failed_units" ] && ok "no unexpected failed units in the sandbox" || bad "failed units: $failed_units"

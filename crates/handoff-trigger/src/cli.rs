@@ -70,6 +70,11 @@ pub struct Cli {
     #[arg(long, value_name = "DUR", default_value = "5m", value_parser = parse_duration)]
     pub reload_timeout: Duration,
 
+    /// While handoff's control socket exists but nobody answers on it (handoff starting or
+    /// restarting), ask again for up to this long before giving up (exit 69).
+    #[arg(long, value_name = "DUR", default_value = "90s", value_parser = parse_duration, env = "HANDOFF_TRIGGER_WAIT_RUNNING")]
+    pub wait_running: Duration,
+
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -98,6 +103,7 @@ impl Cli {
                 bin: self.handoff.unwrap_or_else(default_handoff_bin),
                 control: self.control.map(|c| cwd.join(c)),
                 timeout: self.reload_timeout,
+                wait_running: self.wait_running,
             },
             poll: Duration::from_millis(200),
         })

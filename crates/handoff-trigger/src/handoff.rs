@@ -20,6 +20,9 @@ pub struct Reloader {
     pub control: Option<PathBuf>,
     /// How long `handoff reload` may take before it is killed.
     pub timeout: Duration,
+    /// How long to keep asking while the control socket exists but handoff does not answer
+    /// (handoff starting or restarting).
+    pub wait_running: Duration,
 }
 
 /// The `handoff` binary to use when none is given: the one next to this executable (both are

@@ -91,10 +91,44 @@ fn check_and_reload(opts: &Options) -> Result<Done, TriggerError> {
         return Ok(Done::NotRunning);
     }
     tracing::info!("release settled: {release}; asking handoff to roll over if it changed");
-    opts.reloader.reload_if_changed()?;
+    // A control socket that exists but does not answer belongs to a handoff that is starting,
+    // restarting (killed, systemd about to clean up and start it again) or gone without cleanup.
+    // The release must not be dropped then: ask again until handoff answers, or its socket is gone
+    // (not running: the next start reads the new release), bounded by --wait-running.
+    let deadline = Instant::now() + opts.reloader.wait_running;
+    let mut told = false;
+    loop {
+        match opts.reloader.reload_if_changed() {
+            // (Only with a known control path: without one, "gone" cannot be told apart.)
+            Err(TriggerError::Unavailable { .. })
+                if opts.reloader.control.is_some() && Instant::now() < deadline =>
+            {
+                if let Some(control) = opts.reloader.control_missing() {
+                    tracing::info!(
+                        "handoff went away (no {}); it will start with this release",
+                        control.display()
+                    );
+                    return Ok(Done::NotRunning);
+                }
+                if !told {
+                    tracing::info!(
+                        "handoff does not answer yet (starting or restarting?); asking again for up to {:?}",
+                        opts.reloader.wait_running
+                    );
+                    told = true;
+                }
+                std::thread::sleep(RETRY_UNAVAILABLE);
+            }
+            Err(e) => return Err(e),
+            Ok(()) => break,
+        }
+    }
     tracing::info!("handoff reload --if-changed succeeded (rolled over, or release unchanged)");
     Ok(Done::Asked)
 }
+
+/// How often to ask again while handoff's control socket exists but nobody answers.
+const RETRY_UNAVAILABLE: Duration = Duration::from_millis(250);
 
 /// Runs the trigger: one cycle (then returns its result), or forever with `opts.watch`.
 pub fn run(opts: &Options) -> Result<Done, TriggerError> {

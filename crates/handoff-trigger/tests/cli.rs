@@ -287,6 +287,60 @@ fn oneshot_reports_handoff_results() {
     );
 }
 
+/// A control socket that exists but does not answer (handoff restarting): the trigger asks again
+/// until handoff answers, bounded by --wait-running; without a known control path it does not wait.
+#[test]
+fn oneshot_asks_again_while_handoff_does_not_answer() {
+    let e = Env::new("restarting");
+    write_in_place(&e.pj(), r#"{"version":"1.0.0"}"#);
+    let control = e.dir.join("control.sock");
+    // bound and never listened on: connect() is refused, as for a crashed handoff's socket
+    let _stale = std::os::unix::net::UnixDatagram::bind(&control).unwrap();
+    e.set_exit(69);
+    let ctl = control.to_str().unwrap();
+    let mut child = e
+        .cmd(&["--settle", "50ms", "--control", ctl])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let calls = e.wait_calls(3, Duration::from_secs(10));
+    assert!(calls.len() >= 3, "asked only {} times", calls.len());
+    e.set_exit(0); // the restarted handoff answers
+    wait_child(&mut child, Duration::from_secs(10));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not answer yet"),
+        "{}",
+        stderr(&out)
+    );
+
+    // never answers: gives up after --wait-running with 69
+    let t0 = Instant::now();
+    e.set_exit(69);
+    let out = e.oneshot(&["--settle", "50ms", "--control", ctl, "--wait-running", "1s"]);
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert!(t0.elapsed() >= Duration::from_secs(1), "{:?}", t0.elapsed());
+
+    // the socket goes away meanwhile: not running, exit 0
+    let cleanup = {
+        let control = control.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(600));
+            let _ = std::fs::remove_file(control);
+        })
+    };
+    let out = e.oneshot(&["--settle", "50ms", "--control", ctl]);
+    cleanup.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("handoff went away"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn oneshot_waits_until_the_install_settles() {
     let e = Env::new("settle");
