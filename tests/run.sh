@@ -28,6 +28,11 @@ for suite in systemd rpm; do
   if [ "$(id -u)" = 0 ]; then part "$suite" bash "tests/$suite/run.sh"
   else echo "==== $suite: SKIPPED (needs root to boot the sandboxed systemd)"; fi
 done
+# Fleet rollouts with Ansible (tests/fleet, issue 16): three sandboxed hosts over ssh; root only.
+if [ -f tests/fleet/run.sh ]; then
+  if [ "$(id -u)" = 0 ]; then part fleet bash tests/fleet/run.sh
+  else echo "==== fleet: SKIPPED (needs root to boot the sandboxed systemd)"; fi
+fi
 
 echo
 [ ${#failed[@]} -eq 0 ] || echo "failed parts: ${failed[*]}"
