@@ -33,6 +33,11 @@ done
 part demo bash tests/demo/run.sh
 if [ "$(id -u)" = 0 ]; then part walkthrough bash tests/systemd/walkthrough.sh
 else echo "==== walkthrough: SKIPPED (needs root to boot the sandboxed systemd)"; fi
+# Fleet rollouts with Ansible (tests/fleet, issue 16): three sandboxed hosts over ssh; root only.
+if [ -f tests/fleet/run.sh ]; then
+  if [ "$(id -u)" = 0 ]; then part fleet bash tests/fleet/run.sh
+  else echo "==== fleet: SKIPPED (needs root to boot the sandboxed systemd)"; fi
+fi
 
 echo
 [ ${#failed[@]} -eq 0 ] || echo "failed parts: ${failed[*]}"
