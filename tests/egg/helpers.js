@@ -18,11 +18,11 @@ const HANDOFF = process.env.HANDOFF_BIN || path.join(REPO, 'target', 'debug', 'h
 
 const sleep = ms => new Promise(resolve => setTimeout(resolve, ms));
 
-function checkPrerequisites() {
+function checkPrerequisites(app = EXAMPLE) {
   assert.ok(fs.existsSync(HANDOFF),
     `handoff binary not found at ${HANDOFF}: run \`cargo build\` first, or point HANDOFF_BIN at it`);
-  assert.ok(fs.existsSync(path.join(EXAMPLE, 'node_modules', 'egg')),
-    `Egg is not installed: run \`npm ci --prefix ${path.relative(process.cwd(), EXAMPLE) || EXAMPLE}\``);
+  assert.ok(fs.existsSync(path.join(app, 'node_modules', 'egg')),
+    `Egg is not installed: run \`npm ci --prefix ${path.relative(process.cwd(), app) || app}\``);
 }
 
 /**
@@ -30,7 +30,7 @@ function checkPrerequisites() {
  * files.
  */
 function makeSandbox(label, { from = EXAMPLE } = {}) {
-  checkPrerequisites();
+  checkPrerequisites(from);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `egg-${label}-`));
   const app = path.join(dir, 'app');
   fs.cpSync(from, app, {
