@@ -132,6 +132,7 @@ function start(opts = {}) {
     drainOnce('uncaught exception').then(() => process.exit(1), () => process.exit(1));
   });
 
+  log(`booting ${baseDir}`);
   return main().catch(err => {
     log(`fatal: ${state === 'booting' ? 'egg failed to start' : 'cannot serve'}: ${err && err.stack || err}`);
     process.exit(1);
