@@ -20,8 +20,12 @@ const cases = [
   { name: 'fastify', proto: 'http' },
 ];
 
+const nodeMajor = Number(process.versions.node.split('.')[0]);
+
 for (const { name, proto } of cases) {
-  test(`${name}: 3 rollovers under load (${proto}), 0 failed requests; a slow request finishes`, { timeout: 120000 }, async t => {
+  // Fastify 5 (the devDependency) needs Node 20; the package itself needs 18.
+  const skip = name === 'fastify' && nodeMajor < 20 ? `fastify 5 needs Node >= 20, this is ${process.version}` : false;
+  test(`${name}: 3 rollovers under load (${proto}), 0 failed requests; a slow request finishes`, { timeout: 120000, skip }, async t => {
     const hf = await h.startHandoff({ command: [ process.execPath, path.join(EXAMPLES, `${name}.js`) ], label: name });
     let load;
     try {
