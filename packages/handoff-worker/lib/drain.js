@@ -23,6 +23,7 @@ const net = require('net');
 
 const kTracker = Symbol.for('@handoff/worker.tracker');
 const kSession = Symbol('@handoff/worker.session');
+const kStreams = Symbol('@handoff/worker.streams');
 
 class Conn {
   constructor(socket) {
@@ -61,6 +62,13 @@ class Tracker {
     // Before the app's own handler, so `Connection: close` is set while headers can still change.
     server.prependListener('request', (req, res) => this._onRequest(req, res));
     server.on('session', session => this._onSession(session));
+    // HTTP/2 streams (requests) per session, for stats().
+    server.on('stream', stream => {
+      const session = stream.session;
+      if (!session) return;
+      session[kStreams] = (session[kStreams] || 0) + 1;
+      stream.once('close', () => { session[kStreams]--; });
+    });
   }
 
   _onConnection(socket) {
@@ -170,8 +178,7 @@ class Tracker {
 }
 
 function countStreams(session) {
-  const s = session.state;
-  return s && typeof s.streams === 'number' ? s.streams : 0;
+  return session[kStreams] || 0;
 }
 
 function closeListener(server) {

@@ -326,3 +326,37 @@ test('drain of a server that never listened resolves at once; listen() after dra
   assert.equal(server.listening, false);
   assert.equal(await w.ready('late'), false, 'no READY=1 once draining');
 });
+
+test('drain of a plain-text HTTP/2 server (h2c): open streams finish, the session gets GOAWAY, drain resolves', async t => {
+  const http2 = require('node:http2');
+  const w = hw.createWorker({ env: {}, log: () => {} });
+  const server = http2.createServer(async (req, res) => {
+    await sleep(Number(new URL(req.url, 'http://x').searchParams.get('ms') || 0));
+    res.end('h2c');
+  });
+  await w.listen(server, { port: 0, host: '127.0.0.1' });
+  const session = http2.connect(`http://127.0.0.1:${server.address().port}`);
+  session.on('error', () => {});
+  t.after(() => { session.destroy(); server.close(); });
+  const goaway = new Promise(resolve => session.once('goaway', resolve));
+  const request = path => new Promise((resolve, reject) => {
+    const s = session.request({ ':path': path });
+    let body = '';
+    s.setEncoding('utf8');
+    s.on('data', d => { body += d; });
+    s.on('end', () => resolve(body));
+    s.on('error', reject);
+    s.end();
+  });
+  assert.equal(await request('/'), 'h2c');
+  const slow = request('/?ms=400');
+  await sleep(100);
+  assert.equal(w.stats(server).activeRequests, 1, 'the open stream counts');
+  const t0 = Date.now();
+  const drained = w.drain(server, { idleGraceMs: 100 });
+  await goaway;
+  assert.equal(await slow, 'h2c', 'the stream open at the GOAWAY completes');
+  assert.deepEqual(await drained, { forced: 0 });
+  assert.ok(Date.now() - t0 >= 250, 'drain waited for the open stream');
+  session.destroy();
+});
