@@ -123,6 +123,8 @@ export declare function drain(server: ListenableServer, options?: DrainOptions):
 export declare function stats(server: ListenableServer): ServerStats;
 /** Run fn on SIGTERM/SIGINT (once), then exit. Returns a function that removes the handlers. */
 export declare function onShutdown(fn: (signal: NodeJS.Signals) => unknown, options?: ShutdownOptions): () => void;
+/** Stop the WATCHDOG=1 pings. */
+export declare function stopWatchdog(): void;
 /** The worker built from process.env at require time. */
 export declare const worker: Worker;
 export declare function createWorker(options?: WorkerOptions): Worker;

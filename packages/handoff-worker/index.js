@@ -242,17 +242,31 @@ function createWorker(opts) {
 }
 
 const defaultWorker = new Worker();
+const worker = defaultWorker;
+
+// Plain functions bound to the default worker, exported by name (shorthand properties only, so
+// that Node's ESM loader sees them: `import { listen } from '@handoff/worker'`).
+const listen = (server, opts) => defaultWorker.listen(server, opts);
+const ready = (status, opts) => defaultWorker.ready(status, opts);
+const status = text => defaultWorker.status(text);
+const notify = (assignments, opts) => defaultWorker.notify(assignments, opts);
+const startWatchdog = () => defaultWorker.startWatchdog();
+const stopWatchdog = () => defaultWorker.stopWatchdog();
+const drain = (server, opts) => defaultWorker.drain(server, opts);
+const stats = server => defaultWorker.stats(server);
+const onShutdown = (fn, opts) => defaultWorker.onShutdown(fn, opts);
 
 module.exports = {
-  listen: (server, opts) => defaultWorker.listen(server, opts),
-  ready: (status, opts) => defaultWorker.ready(status, opts),
-  status: text => defaultWorker.status(text),
-  notify: (assignments, opts) => defaultWorker.notify(assignments, opts),
-  startWatchdog: () => defaultWorker.startWatchdog(),
-  drain: (server, opts) => defaultWorker.drain(server, opts),
-  stats: server => defaultWorker.stats(server),
-  onShutdown: (fn, opts) => defaultWorker.onShutdown(fn, opts),
-  worker: defaultWorker,
+  listen,
+  ready,
+  status,
+  notify,
+  startWatchdog,
+  stopWatchdog,
+  drain,
+  stats,
+  onShutdown,
+  worker,
   createWorker,
   Worker,
   HandoffWorkerError,
