@@ -81,7 +81,8 @@ class SdNotify {
     if (ready) args.push('--ready');
     if (status !== undefined) args.push(`--status=${oneLine(status)}`);
     for (const kv of extra) {
-      if (!/^[A-Z_][A-Z0-9_]*=[^\n]*$/.test(kv)) {
+      // eslint-disable-next-line no-control-regex
+      if (!/^[A-Z_][A-Z0-9_]*=[^\u0000-\u001f\u007f]*$/.test(kv)) {
         return Promise.reject(new SdNotifyError(`not a KEY=VALUE notify assignment: ${JSON.stringify(kv)}`));
       }
       args.push(kv);

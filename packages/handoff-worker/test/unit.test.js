@@ -205,6 +205,7 @@ test('ready(): READY=1 and a one-line STATUS= reach NOTIFY_SOCKET; removed from 
   assert.equal(msgs[1], 'STATUS=draining');
   assert.equal(msgs[2], 'EXTEND_TIMEOUT_USEC=5000000');
   await assert.rejects(w.notify([ 'A=1\nREADY=1' ]), /KEY=VALUE/);
+  await assert.rejects(w.notify([ 'A=\x1b[2J' ]), /KEY=VALUE/, 'no ESC in an assignment');
   // Without NOTIFY_SOCKET: nothing to do.
   assert.equal(await hw.createWorker({ env: {} }).ready('x'), false);
 });
