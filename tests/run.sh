@@ -19,7 +19,10 @@ part() {
 part build cargo build --workspace --bins --locked
 part cargo-tests cargo test --workspace --locked
 part units bash tests/systemd/verify-units.sh
-part egg tests/egg/run.sh
+# Node.js: the npm packages (packages/: @handoff/worker with its http/https/http2/Express/Koa/
+# Fastify examples, egg-handoff with a fresh Egg app), then the Egg example that installs them.
+part npm-packages tests/egg/run.sh packages
+part egg tests/egg/run.sh egg
 # The benchmark's short CI mode: a few rollovers under load, asserting 0 failed requests only.
 part bench bash crates/handoff-bench/ci.sh
 # The sandboxed systemd (and the rpm tests, which install into it) need root.

@@ -7,7 +7,9 @@
 #       untracked but not ignored) under handoff-VERSION/.
 #   packaging/rpm/build.sh [OPTIONS] example-app [--version V] [--listen ADDR] [--app-dir DIR]
 #       example-app-V-1.noarch.rpm from example-app.spec; Source0 = DIR (default examples/egg-app)
-#       without node_modules/, logs/, run/.
+#       without node_modules/, logs/, run/; Source1 (--with bundled_modules) = its node_modules from
+#       `npm ci --omit=dev` here, in a copy of DIR placed so that its file:../../packages/...
+#       dependencies (egg-handoff, @handoff/worker) resolve to this repository's packages/.
 #
 # Options: --outdir DIR (default target/rpm), --vendor (suite: `cargo vendor` into Source1 and
 # build offline), --cargo-target-dir DIR (suite: cargo's build directory, kept between builds),
@@ -77,7 +79,16 @@ example-app)
   src=$tmp/SOURCES/example-app-$app_version.tar.gz
   ( cd "$app_dir" && tar --exclude=./node_modules --exclude=./logs --exclude=./run \
       --transform "s,^\./,example-app-$app_version/," --owner=0 --group=0 --numeric-owner -czf "$src" . )
-  args+=(--define "app_version $app_version")
+  # node_modules, built here: the handoff packages are file: dependencies on this tree's packages/
+  # (installed as copies, install-links in the app's .npmrc), which rpmbuild's build dir cannot see.
+  stage=$tmp/stage/examples/app
+  mkdir -p "$stage"
+  ln -s "$top/packages" "$tmp/stage/packages"
+  ( cd "$app_dir" && tar --exclude=./node_modules --exclude=./logs --exclude=./run -cf - . ) | tar -C "$stage" -xf -
+  ( cd "$stage" && npm ci --omit=dev --ignore-scripts --no-audit --no-fund --prefer-offline >&2 &&
+      rm -f node_modules/.package-lock.json &&
+      tar --owner=0 --group=0 --numeric-owner -czf "$tmp/SOURCES/example-app-$app_version-node_modules.tar.gz" node_modules )
+  args+=(--define "app_version $app_version" --with bundled_modules)
   [ -n "$listen" ] && args+=(--define "app_listen $listen")
   if ! rpm --eval '%{?handoff_post:yes}' | grep -q yes; then args+=(--load "$here/macros.handoff"); fi
   spec=$here/example-app.spec

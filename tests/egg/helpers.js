@@ -1,7 +1,8 @@
 'use strict';
 
-// Shared pieces of the Egg-behind-handoff tests: a private copy of the example app, the real
-// handoff binary on a free loopback port, plain HTTP clients, and a load generator.
+// Shared pieces of the Egg-behind-handoff tests: a private copy of the example app (or any app
+// dir with egg-handoff installed), the real handoff binary on a free loopback port, plain HTTP
+// clients, and a load generator.
 
 const assert = require('node:assert/strict');
 const { spawn } = require('node:child_process');
@@ -17,26 +18,29 @@ const HANDOFF = process.env.HANDOFF_BIN || path.join(REPO, 'target', 'debug', 'h
 
 const sleep = ms => new Promise(resolve => setTimeout(resolve, ms));
 
-function checkPrerequisites() {
+function checkPrerequisites(app = EXAMPLE) {
   assert.ok(fs.existsSync(HANDOFF),
     `handoff binary not found at ${HANDOFF}: run \`cargo build\` first, or point HANDOFF_BIN at it`);
-  assert.ok(fs.existsSync(path.join(EXAMPLE, 'node_modules', 'egg')),
-    `Egg is not installed: run \`npm ci --prefix ${path.relative(process.cwd(), EXAMPLE) || EXAMPLE}\``);
+  assert.ok(fs.existsSync(path.join(app, 'node_modules', 'egg')),
+    `Egg is not installed: run \`npm ci --prefix ${path.relative(process.cwd(), app) || app}\``);
 }
 
-/** A temp dir holding a copy of the example app (node_modules symlinked) and handoff's files. */
-function makeSandbox(label) {
-  checkPrerequisites();
+/**
+ * A temp dir holding a copy of an app (default the example; node_modules symlinked) and handoff's
+ * files.
+ */
+function makeSandbox(label, { from = EXAMPLE } = {}) {
+  checkPrerequisites(from);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `egg-${label}-`));
   const app = path.join(dir, 'app');
-  fs.cpSync(EXAMPLE, app, {
+  fs.cpSync(from, app, {
     recursive: true,
     filter: src => {
-      const rel = path.relative(EXAMPLE, src);
+      const rel = path.relative(from, src);
       return !/^(node_modules|logs|run)(\/|$)/.test(rel);
     },
   });
-  fs.symlinkSync(path.join(EXAMPLE, 'node_modules'), path.join(app, 'node_modules'), 'dir');
+  fs.symlinkSync(path.join(from, 'node_modules'), path.join(app, 'node_modules'), 'dir');
   return {
     dir,
     app,
@@ -67,8 +71,11 @@ function freePort() {
 }
 
 /**
- * Starts `handoff run` on the sandbox's app and waits until it answers on its port.
- * Returns { port, control, proc, logFile, output(), stop() }.
+ * Starts `handoff run` on the sandbox's app (its node_modules/.bin/egg-handoff-start, the command
+ * an app's handoff config names) and waits until handoff status shows the whole first generation
+ * ready: the first 200 on the port only proves that one worker listens, and a rollover asked for
+ * while the others still boot would race them. Returns { port, control, proc, logFile, output(),
+ * stop() }.
  */
 async function startHandoff(sandbox, { workers = 2, env = {}, args = [], drainTimeout = '30s' } = {}) {
   const port = await freePort();
@@ -95,7 +102,7 @@ async function startHandoff(sandbox, { workers = 2, env = {}, args = [], drainTi
     '--runtime-dir', runtimeDir,
     '--version-file', sandbox.pkgFile,
     ...args,
-    '--', process.execPath, path.join(sandbox.app, 'handoff-entry.js'),
+    '--', path.join(sandbox.app, 'node_modules', '.bin', 'egg-handoff-start'), sandbox.app,
   ];
   const proc = spawn(HANDOFF, argv, { env: childEnv, stdio: [ 'ignore', out, out ] });
   fs.closeSync(out);
@@ -146,19 +153,35 @@ async function startHandoff(sandbox, { workers = 2, env = {}, args = [], drainTi
     if (exited) {
       throw new Error(`handoff exited early (${JSON.stringify(exited)}):\n${h.tail()}`);
     }
+    const st = await status(h);
+    let json = null;
     try {
-      const r = await get(port, '/');
-      if (r.status === 200) break;
+      json = st.code === 0 ? JSON.parse(st.stdout) : null;
     } catch (_) {
-      // not listening yet
+      // not answering yet
+    }
+    if (generationReady(json)) {
+      const r = await get(port, '/').catch(err => ({ status: err.message }));
+      if (r.status === 200) break;
+      throw new Error(`generation ready, but GET / answered ${r.status}:\n${h.tail()}`);
     }
     if (Date.now() > deadline) {
       await h.stop().catch(() => {});
-      throw new Error(`no answer on 127.0.0.1:${port} within 60 s:\n${h.tail()}`);
+      throw new Error(`generation 1 not ready within 60 s (status: ${st.stdout || st.stderr}):\n${h.tail()}`);
     }
     await sleep(100);
   }
   return h;
+}
+
+/**
+ * The whole current generation is ready (`handoff status --json`): every wanted worker of it
+ * reports `ready` and no rollover is in progress.
+ */
+function generationReady(st) {
+  if (!st || !st.current_generation || st.rolling_over_to !== null) return false;
+  const cur = st.workers.filter(w => w.generation === st.current_generation);
+  return st.ready === st.workers_wanted && cur.length === st.workers_wanted && cur.every(w => w.state === 'ready');
 }
 
 /** Runs `handoff reload`; resolves to { code, signal, stdout, stderr, ms }. */
@@ -351,6 +374,7 @@ module.exports = {
   startHandoff,
   reload,
   status,
+  generationReady,
   get,
   waitForVersion,
   startLoad,

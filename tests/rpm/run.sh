@@ -319,6 +319,13 @@ t_packages() {
   if [ -z "$unexpected" ] && grep -q '^post handoff' <<<"$req" && grep -q '^preun handoff' <<<"$req" && grep -q '^pre shadow-utils' <<<"$req"; then
     ok "example-app Requires: handoff (also for post/preun/postun), systemd, nodejs, shadow-utils; nothing from node_modules"
   else bad "example-app requires: unexpected '$unexpected'"; echo "$req" | sed 's/^/      /'; fi
+  # the handoff packages are bundled as npm installed them (node_modules), no copied entry script
+  local appfiles; appfiles=$(rpm -qlp "$A2" 2>/dev/null)
+  if grep -qx /opt/example-app/node_modules/egg-handoff/bin/egg-handoff-start.js <<<"$appfiles" \
+     && grep -qx /opt/example-app/node_modules/@handoff/worker/index.js <<<"$appfiles" \
+     && ! grep -q -e '^/opt/example-app/handoff-entry.js$' -e '^/opt/example-app/lib/' <<<"$appfiles"; then
+    ok "example-app bundles egg-handoff and @handoff/worker in node_modules; no copied handoff-entry.js or lib/"
+  else bad "example-app files: $(grep -v node_modules/ <<<"$appfiles" | tr '\n' ' ')"; fi
   [ "$(rpm -qp --qf '%{ARCH}' "$A2" 2>/dev/null)" = noarch ] && ok "example-app is noarch" || bad "example-app arch $(rpm -qp --qf '%{ARCH}' "$A2")"
   # package.json carries the version: the release marker
   local vv="" f

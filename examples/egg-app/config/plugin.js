@@ -1,12 +1,7 @@
 'use strict';
 
-const path = require('path');
-
-// Local plugin: handoff worker identity, schedules once per generation, drain waits for tasks.
-exports.handoff = {
-  enable: true,
-  path: path.join(__dirname, '../lib/plugin/egg-handoff'),
-};
+// egg-handoff (npm): schedules once per handoff generation, drain waits for running tasks.
+exports.handoff = { enable: true, package: 'egg-handoff' };
 
 // egg-static creates app/public at boot when it is missing (git does not keep the empty
 // directory, and an rpm-installed app dir is read-only to the app's user), and this app serves

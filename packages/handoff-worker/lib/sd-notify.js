@@ -21,6 +21,15 @@ const { execFile } = require('child_process');
 
 class SdNotifyError extends Error {}
 
+/**
+ * STATUS= text as one safe line: a newline would start a new assignment for the receiver, and an
+ * ESC or other control character would reach the operator's terminal through `handoff status`.
+ */
+function oneLine(text) {
+  // eslint-disable-next-line no-control-regex
+  return String(text).replace(/[\u0000-\u001f\u007f]/g, ' ');
+}
+
 class SdNotify {
   /**
    * @param {string|undefined} socket the value of NOTIFY_SOCKET, or undefined
@@ -70,9 +79,10 @@ class SdNotify {
     if (!this.enabled) return Promise.resolve(false);
     const args = [];
     if (ready) args.push('--ready');
-    if (status !== undefined) args.push(`--status=${String(status).replace(/\n/g, ' ')}`);
+    if (status !== undefined) args.push(`--status=${oneLine(status)}`);
     for (const kv of extra) {
-      if (!/^[A-Z_][A-Z0-9_]*=[^\n]*$/.test(kv)) {
+      // eslint-disable-next-line no-control-regex
+      if (!/^[A-Z_][A-Z0-9_]*=[^\u0000-\u001f\u007f]*$/.test(kv)) {
         return Promise.reject(new SdNotifyError(`not a KEY=VALUE notify assignment: ${JSON.stringify(kv)}`));
       }
       args.push(kv);
@@ -97,4 +107,4 @@ class SdNotify {
   }
 }
 
-module.exports = { SdNotify, SdNotifyError };
+module.exports = { SdNotify, SdNotifyError, oneLine };
