@@ -99,6 +99,9 @@ mod tests {
         assert_eq!(app_config("shop"), Path::new("/etc/handoff/shop.toml"));
         let a = notify_dir(Path::new("/run/x"), Path::new("/run/x/a.sock"));
         let b = notify_dir(Path::new("/run/x"), Path::new("/run/x/b.sock"));
-        assert!(a.starts_with("/run/x/notify-") && a != b, "{a:?} {b:?}");
+        assert!(
+            a.to_string_lossy().starts_with("/run/x/notify-") && a != b,
+            "{a:?} {b:?}"
+        );
     }
 }
