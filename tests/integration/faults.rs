@@ -324,7 +324,7 @@ fn a_runtime_dir_too_long_for_notify_sockets_is_refused_at_start() {
     // One that fits keeps working however many rollovers follow: names do not grow.
     let mut fits = base.path().to_path_buf();
     let target = 107 - 1 - "notify-12345678".len() - 1 - 16;
-    while fits.as_os_str().len() + 10 <= target {
+    while fits.as_os_str().len() + 11 <= target {
         fits.push("dddddddddd");
     }
     let fits_arg = fits.display().to_string();
