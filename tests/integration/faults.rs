@@ -27,7 +27,12 @@ fn strays(h: &Handoff) -> Vec<i32> {
         out.extend(
             list.split_whitespace()
                 .filter_map(|p| p.parse::<i32>().ok())
-                .filter(|p| !workers.contains(p)),
+                .filter(|p| !workers.contains(p))
+                .filter(|p| {
+                    let comm =
+                        std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+                    comm.trim() != "handoff-guard"
+                }),
         );
     }
     out
@@ -233,9 +238,9 @@ fn a_removed_runtime_dir_is_made_again() {
         },
     );
     let rt = h.control.parent().unwrap().to_path_buf();
+    let victim = h.status().unwrap().workers[0].pid;
     std::fs::remove_dir_all(&rt).unwrap();
     // A killed worker must come back (it needs a notify socket in the removed dir).
-    let victim = h.status_after_gone().workers[0].pid;
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(victim),
         nix::sys::signal::Signal::SIGKILL,
@@ -256,49 +261,6 @@ fn a_removed_runtime_dir_is_made_again() {
     );
     reload_ok(&h.control, "reload after the runtime dir was removed");
     assert!(h.stop().success());
-}
-
-impl Handoff {
-    /// Status through the process list, for when the control socket is gone: the workers are
-    /// handoff's children in its own process group order.
-    fn status_after_gone(&self) -> protocol::StatusReport {
-        let mut pids = Vec::new();
-        for t in std::fs::read_dir(format!("/proc/{}/task", self.pid()))
-            .unwrap()
-            .flatten()
-        {
-            let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            pids.extend(
-                list.split_whitespace()
-                    .filter_map(|p| p.parse::<i32>().ok()),
-            );
-        }
-        protocol::StatusReport {
-            pid: self.pid() as u32,
-            uptime_ms: 0,
-            current_generation: 0,
-            workers_wanted: pids.len(),
-            ready: 0,
-            listeners: vec![],
-            generations: vec![],
-            workers: pids
-                .into_iter()
-                .map(|pid| protocol::WorkerStatus {
-                    slot: 0,
-                    generation: 0,
-                    pid,
-                    state: String::new(),
-                    age_ms: 0,
-                    status: None,
-                })
-                .collect(),
-            slots: vec![],
-            rolling_over_to: None,
-            queued_reloads: 0,
-            last_rollover: None,
-            shutting_down: false,
-        }
-    }
 }
 
 #[test]
@@ -441,4 +403,58 @@ fn a_ready_sent_while_handoff_was_stopped_beats_the_deadline() {
         other => panic!("{other:?}"),
     }
     assert!(h.stop().success());
+}
+
+/// A worker whose child (same process group) serves on fd 3 and ignores SIGTERM.
+const FORKING_WORKER: &str = r#"
+import os, signal, socket, time
+if os.fork() == 0:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    s = socket.socket(fileno=3)
+    while True:
+        c, _ = s.accept()
+        c.close()
+u = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+u.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+while True:
+    time.sleep(1)
+"#;
+
+#[test]
+fn after_kill_9_of_handoff_nothing_it_started_keeps_the_port() {
+    let dir = TempDir::new("kill9-src");
+    let script = dir.path().join("worker.py");
+    std::fs::write(&script, FORKING_WORKER).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let mut h = Handoff::start(
+        "kill9",
+        Opts {
+            args: s(&["--listen", &listen, "--drain-timeout", "1s"]),
+            worker: vec!["python3".into(), script.display().to_string()],
+            ..Default::default()
+        },
+    );
+    h.keep.push(dir);
+    let worker = h.status().unwrap().workers[0].pid;
+    let mut child = h.child.take().unwrap();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let t0 = Instant::now();
+    let freed = wait_until(Duration::from_secs(10), || {
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+    });
+    eprintln!(
+        "kill -9 of handoff: port {port} free again after {:?} (worker {worker} alive: {})",
+        t0.elapsed(),
+        pid_alive(worker)
+    );
+    assert!(
+        freed,
+        "the worker's child kept port {port} after handoff was killed"
+    );
 }

@@ -5,6 +5,7 @@
 //!   executor that carries out its decisions (`supervisor::executor`).
 //! - [`contract`]: what a worker is handed (environment, fds); [`spawn`]: fork/exec of a
 //!   worker (the only fork); [`journal`]: the workers' journal streams.
+//! - [`guard`]: a child that kills what handoff started if handoff is killed.
 //! - [`listeners`]: taking sockets from systemd or binding them.
 //! - [`notify`]: the sd_notify protocol, worker side (receiving) and systemd side (sending).
 //! - [`control`]: the control socket's server side (the wire types are in
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod contract;
 pub mod control;
+pub mod guard;
 pub mod journal;
 pub mod listeners;
 pub mod notify;

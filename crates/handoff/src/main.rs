@@ -215,6 +215,16 @@ fn prepare_and_run(
         .unwrap_or_else(|| paths::control_in(&runtime_dir));
     let notifier = SystemdNotifier::new(inh.notify_socket.as_deref()).context("NOTIFY_SOCKET")?;
     let nofile = raise_fd_limit();
+    // Forked while handoff is still single-threaded (no runtime yet).
+    let guard = match handoff::guard::Guard::start(settings.drain_signal, settings.drain_timeout) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            tracing::warn!(
+                "cannot start the guard process ({e}); if handoff is killed, workers' children may outlive it"
+            );
+            None
+        }
+    };
     let rt = Runtime {
         settings,
         listeners,
@@ -225,6 +235,7 @@ fn prepare_and_run(
         control_path,
         credentials,
         nofile,
+        guard,
     };
     // One thread: the supervisor is a single state machine, and fork is simplest to reason
     // about with no other threads running Rust code.

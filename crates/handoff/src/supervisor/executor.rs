@@ -160,6 +160,9 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
             _ = sleep_until(deadline), if deadline.is_some() => ex.tick(),
         }
     };
+    if let Some(g) = &mut ex.rt.guard {
+        g.goodbye();
+    }
     ex.control_task.abort();
     let _ = std::fs::remove_file(&ex.rt.control_path);
     ex.notify.clear();
@@ -193,7 +196,12 @@ impl Executor {
                 generation,
             } => {
                 let input = match self.spawn(worker, slot, generation) {
-                    Ok(pid) => Input::Spawned { worker, pid },
+                    Ok(pid) => {
+                        if let Some(g) = &mut self.rt.guard {
+                            g.watch(pid);
+                        }
+                        Input::Spawned { worker, pid }
+                    }
                     Err(SpawnError { error, ours }) => Input::SpawnFailed {
                         worker,
                         error,
@@ -230,6 +238,11 @@ impl Executor {
             Action::Log(log) => emit(&log),
             Action::ScanChildren => {
                 let children = self.other_children();
+                if let Some(g) = &mut self.rt.guard {
+                    for (pid, _) in &children {
+                        g.watch(*pid);
+                    }
+                }
                 self.queue.push_back(Input::Children(children));
             }
         }
@@ -338,6 +351,9 @@ impl Executor {
                         ),
                         _ => continue,
                     };
+                    if let Some(g) = &mut self.rt.guard {
+                        g.forget(pid.as_raw());
+                    }
                     if let Some(cmd) = self.hooks.remove(&pid) {
                         info!(hook_pid = pid.as_raw(), "on-drain-timeout hook {st}: {cmd}");
                         continue;
@@ -371,6 +387,12 @@ impl Executor {
         pids.dedup();
         pids.into_iter()
             .filter(|p| !self.hooks.contains_key(&Pid::from_raw(*p)))
+            .filter(|p| {
+                self.rt
+                    .guard
+                    .as_ref()
+                    .is_none_or(|g| g.pid().as_raw() != *p)
+            })
             .map(|p| (p, worker_named_in_environment(p)))
             .collect()
     }

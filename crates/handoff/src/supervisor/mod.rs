@@ -30,4 +30,6 @@ pub struct Runtime {
     pub credentials: Option<Credentials>,
     /// `RLIMIT_NOFILE` as handoff found it (soft, hard), for the workers.
     pub nofile: Option<(u64, u64)>,
+    /// Kills the workers' process groups if handoff is killed.
+    pub guard: Option<crate::guard::Guard>,
 }
