@@ -43,12 +43,12 @@ if [ "$what" != egg ]; then
   for pkg in handoff-worker egg-handoff; do
     echo "== npm test: packages/$pkg"
     # timeout: a test that fails with a server left open would keep node --test waiting forever.
-    (cd "$root/packages/$pkg" && timeout 900 npm test) || failed="$failed packages/$pkg"
+    (cd "$root/packages/$pkg" && timeout 1800 npm test) || failed="$failed packages/$pkg"
   done
 fi
 if [ "$what" != packages ]; then
   echo "== examples/egg-app: tests/egg/*.test.js"
   # Files listed explicitly: newer Node versions take globs rather than a directory here.
-  (cd "$root" && timeout 1200 node --test tests/egg/*.test.js) || failed="$failed tests/egg"
+  (cd "$root" && timeout 1800 node --test tests/egg/*.test.js) || failed="$failed tests/egg"
 fi
 [ -z "$failed" ] || { echo "tests/egg: FAILED:$failed" >&2; exit 1; }

@@ -59,7 +59,13 @@ function start(opts = {}) {
     const frameworkPath = path.dirname(require.resolve(`${framework}/package.json`, { paths: [ baseDir ] }));
     const egg = require(require.resolve('egg', { paths: [ frameworkPath, baseDir ] }));
     app = await egg.start({ baseDir, framework: frameworkPath });
-    if (state === 'draining') return; // a drain signal came while Egg booted: drain() finishes
+    // SIGTERM / SIGINT from now on: drain, then exit 0 (1 if draining threw); explicitly, as Egg's
+    // agent keeps timers (alive check, schedule timers) that would keep the event loop running.
+    // Not before: while Egg boots nothing is served, and its loader runs long synchronous
+    // stretches (requiring every file) during which a JavaScript handler cannot run (seconds on a
+    // loaded machine; once past handoff's drain timeout, which then SIGKILLs). Node's default
+    // handling ends the process at once instead.
+    worker.onShutdown(drainOnce, { exit: true });
 
     server = http.createServer(app.callback());
     // Egg's cluster worker does this for the server it creates: app.server, egg's
@@ -87,10 +93,7 @@ function start(opts = {}) {
   async function drain(signal) {
     const wasServing = state === 'serving';
     state = 'draining';
-    if (!app) {
-      log(`${signal} while booting: exiting`);
-      return;
-    }
+    if (!app) return; // (not reached: the handler is installed once the app exists)
     const t0 = Date.now();
     const st = server ? worker.stats(server) : { activeRequests: 0 };
     log(`${signal}: draining (${st.activeRequests} requests in flight, ` +
@@ -113,11 +116,8 @@ function start(opts = {}) {
       'running scheduled tasks are not waited for when draining');
   }
 
-  // SIGTERM / SIGINT: drain, then exit 0 (1 if draining threw). Exit explicitly: Egg's agent keeps
-  // timers (alive check, schedule timers) that would keep the event loop running.
   let draining = null;
   const drainOnce = reason => draining || (draining = drain(reason));
-  worker.onShutdown(drainOnce, { exit: true });
 
   // Under egg-cluster an uncaught exception makes the worker stop taking connections and the
   // master fork a replacement. Here: drain and exit 1, and handoff replaces the worker. Egg's own

@@ -86,7 +86,7 @@ test('the fresh app depends on the tarballs and holds no handoff code of its own
     './package-lock.json', './package.json' ]);
 });
 
-test('fresh app: 5 rollovers under load, 0 failed requests', { timeout: 200000 }, async t => {
+test('fresh app: 5 rollovers under load, 0 failed requests', { timeout: 400000 }, async t => {
   const sb = h.makeSandbox('fresh-rollover', { from: appDir });
   sb.setVersion('1.0.0');
   const hf = await h.startHandoff(sb, { workers: 2 });
@@ -119,7 +119,7 @@ test('fresh app: 5 rollovers under load, 0 failed requests', { timeout: 200000 }
   }
 });
 
-test('fresh app: a slow request in flight during a rollover completes with 200 from the old version', { timeout: 120000 }, async () => {
+test('fresh app: a slow request in flight during a rollover completes with 200 from the old version', { timeout: 200000 }, async () => {
   const sb = h.makeSandbox('fresh-slow', { from: appDir });
   sb.setVersion('2.0.0');
   const hf = await h.startHandoff(sb, { workers: 2 });
@@ -141,7 +141,7 @@ test('fresh app: a slow request in flight during a rollover completes with 200 f
   }
 });
 
-test('fresh app: a release that fails to boot is rolled back, the old one keeps serving', { timeout: 120000 }, async t => {
+test('fresh app: a release that fails to boot is rolled back, the old one keeps serving', { timeout: 200000 }, async t => {
   const sb = h.makeSandbox('fresh-rollback', { from: appDir });
   sb.setVersion('3.0.0');
   const hf = await h.startHandoff(sb, { workers: 2 });
