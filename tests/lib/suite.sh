@@ -27,7 +27,11 @@ on_exit() {
 }
 trap on_exit EXIT
 trap 'echo "run.sh: interrupted"; fail=$((fail+1)); exit 1' INT TERM
-( sleep "${RUN_TIMEOUT:-900}"; echo "FAIL: run.sh overall timeout (${RUN_TIMEOUT:-900}s)"; kill -TERM $$ ) &
+# (its sleep is killed with it: a leftover sleep would hold the suite's stdout open, and a caller
+# piping the output would wait for the whole timeout)
+( trap 'kill "$sp" 2>/dev/null; exit 0' TERM
+  sleep "${RUN_TIMEOUT:-900}" & sp=$!; wait "$sp"
+  echo "FAIL: run.sh overall timeout (${RUN_TIMEOUT:-900}s)"; kill -TERM $$ ) &
 watchdog=$!
 
 sx() { timeout "${SX_TIMEOUT:-60}" "$S" run "$@"; }            # a command inside the sandbox, bounded
