@@ -2,9 +2,10 @@
 //!
 //! Where things live:
 //! - [`supervisor`]: the event loop and the rollover state machine (start here).
-//! - [`spawn`]: fork/exec of a worker with the listening fds at 3.. (the only `unsafe` fork).
+//! - [`spawn`]: clone/exec of a worker with the listening fds at 3.. (the only process creation).
 //! - [`listeners`]: taking sockets from systemd or binding them.
 //! - [`notify`]: the sd_notify protocol, worker side (receiving) and systemd side (sending).
+//! - [`priority`]: boot priority: new workers at a lower CPU priority until READY=1.
 //! - [`control`]: the control socket protocol behind `handoff reload` / `handoff status`.
 //! - [`config`]: the TOML file and command-line settings; [`cli`]: the command line.
 
@@ -15,6 +16,7 @@ pub mod duration;
 pub mod listeners;
 pub mod logging;
 pub mod notify;
+pub mod priority;
 pub mod render;
 pub mod spawn;
 pub mod supervisor;
