@@ -498,41 +498,44 @@ mod tests {
                 .spawn()
                 .unwrap();
             let sh = c.id() as i32;
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            let sleeper = loop {
-                let kids = std::fs::read_to_string(format!("/proc/{sh}/task/{sh}/children"))
-                    .unwrap_or_default();
-                if let Some(k) = kids.split_whitespace().next() {
-                    break k.parse::<i32>().unwrap();
+            let code = (|| {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                let sleeper = loop {
+                    let kids = std::fs::read_to_string(format!("/proc/{sh}/task/{sh}/children"))
+                        .unwrap_or_default();
+                    if let Some(k) = kids.split_whitespace().next() {
+                        break k.parse::<i32>().unwrap();
+                    }
+                    if std::time::Instant::now() > deadline {
+                        return 11;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                };
+                // The sleep has exec'd when its comm says so (before that it is a fork of sh).
+                while std::fs::read_to_string(format!("/proc/{sleeper}/comm")).unwrap_or_default()
+                    != "sleep\n"
+                {
+                    if std::time::Instant::now() > deadline {
+                        return 12;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
                 }
-                if std::time::Instant::now() > deadline {
-                    return 11;
+                if policy(sleeper).unwrap() != libc::SCHED_IDLE {
+                    return 13;
                 }
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            };
-            // The sleep has exec'd when its comm says so (before that it is a fork of sh).
-            while std::fs::read_to_string(format!("/proc/{sleeper}/comm")).unwrap_or_default()
-                != "sleep\n"
-            {
-                if std::time::Instant::now() > deadline {
-                    return 12;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            if policy(sleeper).unwrap() != libc::SCHED_IDLE {
-                return 13;
-            }
-            let r = restore_tree(std::process::id() as i32, BootPriority::Idle, normal);
-            let ok = r.failed == 0
-                && policy(sh).unwrap() == libc::SCHED_OTHER
-                && policy(sleeper).unwrap() == libc::SCHED_OTHER;
+                let r = restore_tree(std::process::id() as i32, BootPriority::Idle, normal);
+                let ok = r.failed == 0
+                    && policy(sh).unwrap() == libc::SCHED_OTHER
+                    && policy(sleeper).unwrap() == libc::SCHED_OTHER;
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(sleeper),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                if ok { 0 } else { 14 }
+            })();
             let _ = c.kill();
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(sleeper),
-                nix::sys::signal::Signal::SIGKILL,
-            );
             let _ = c.wait();
-            if ok { 0 } else { 14 }
+            code
         });
         assert_eq!(code, 0);
     }
