@@ -1,6 +1,7 @@
 //! Faults, round two: what a hostile release, an unlucky machine or a careless operator does to
 //! handoff (issue 11). Each test failed on the code before its fix.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,15 @@ use crate::harness::*;
 
 fn example_worker() -> Vec<String> {
     vec![bin("handoff-example-worker").display().to_string()]
+}
+
+/// A python3 every user can run (the system one; a pyenv shim under /root is not).
+fn python() -> String {
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3".into()
+    } else {
+        "python3".into()
+    }
 }
 
 /// handoff's children that are not its workers: re-parented descendants.
@@ -72,7 +82,7 @@ fn daemonized_grandchildren_are_drained_and_killed_with_their_worker() {
         "daemon",
         Opts {
             args: s(&["--listen", "127.0.0.1:0", "--drain-timeout", "1s"]),
-            worker: vec!["python3".into(), script.display().to_string()],
+            worker: vec![python(), script.display().to_string()],
             ..Default::default()
         },
     );
@@ -134,7 +144,7 @@ fn a_crash_looping_daemonizing_worker_does_not_pile_up_strays() {
         "daemon-loop",
         Opts {
             args: s(&["--listen", "127.0.0.1:0", "--drain-timeout", "1s"]),
-            worker: vec!["python3".into(), script.display().to_string()],
+            worker: vec![python(), script.display().to_string()],
             ..Default::default()
         },
     );
@@ -423,7 +433,19 @@ while True:
 
 #[test]
 fn after_kill_9_of_handoff_nothing_it_started_keeps_the_port() {
+    kill_9_frees_the_port(&[]);
+}
+
+#[test]
+fn after_kill_9_of_handoff_workers_running_as_another_user_drain_too() {
+    // The kernel clears PR_SET_PDEATHSIG on a credential change: set after setuid now.
+    kill_9_frees_the_port(&["--user", "nobody"]);
+}
+
+fn kill_9_frees_the_port(extra: &[&str]) {
     let dir = TempDir::new("kill9-src");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let script = dir.path().join("worker.py");
     std::fs::write(&script, FORKING_WORKER).unwrap();
     let port = {
@@ -434,8 +456,8 @@ fn after_kill_9_of_handoff_nothing_it_started_keeps_the_port() {
     let mut h = Handoff::start(
         "kill9",
         Opts {
-            args: s(&["--listen", &listen, "--drain-timeout", "1s"]),
-            worker: vec!["python3".into(), script.display().to_string()],
+            args: [s(&["--listen", &listen, "--drain-timeout", "1s"]), s(extra)].concat(),
+            worker: vec![python(), script.display().to_string()],
             ..Default::default()
         },
     );
@@ -449,7 +471,7 @@ fn after_kill_9_of_handoff_nothing_it_started_keeps_the_port() {
         std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
     });
     eprintln!(
-        "kill -9 of handoff: port {port} free again after {:?} (worker {worker} alive: {})",
+        "kill -9 of handoff {extra:?}: port {port} free again after {:?} (worker {worker} alive: {})",
         t0.elapsed(),
         pid_alive(worker)
     );

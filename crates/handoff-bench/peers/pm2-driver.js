@@ -3,7 +3,8 @@
 // rollover's time is PM2's, not the start-up of a `pm2` CLI process per reload.
 //
 // Environment: PM2_HOME (a private daemon), BENCH_PM2_MODULE (path of the pm2 package),
-// BENCH_SCRIPT (the worker), BENCH_HOST, BENCH_PORT, BENCH_INSTANCES.
+// BENCH_SCRIPT (the worker), BENCH_HOST, BENCH_PORT, BENCH_INSTANCES, BENCH_APP_ENV (a JSON
+// object of extra environment for the app).
 // Protocol: one JSON line once started ({"started":true,"pids":[..],"daemon":PID}); then, per
 // line on stdin: `pids` -> {"pids":[..]}, `reload` -> {"reloaded":true} when pm2.reload calls
 // back, `stop` -> deletes the app, kills the daemon, {"stopped":true} and exits. Errors:
@@ -43,7 +44,11 @@ pm2.connect((err) => {
     wait_ready: true,
     listen_timeout: 30000,
     kill_timeout: 10000,
-    env: { PORT: process.env.BENCH_PORT, HOST: process.env.BENCH_HOST || '127.0.0.1' },
+    env: {
+      ...JSON.parse(process.env.BENCH_APP_ENV || '{}'),
+      PORT: process.env.BENCH_PORT,
+      HOST: process.env.BENCH_HOST || '127.0.0.1',
+    },
   }, (err) => {
     if (err) { fail(err); return; }
     pids((err, p) => (err ? fail(err) : out({ started: true, pids: p, daemon: daemonPid() })));

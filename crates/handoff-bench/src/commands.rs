@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
+use crate::busy;
 use crate::compare::{self, Kind, Plan};
-use crate::contenders::{Paths, free_ports, path_str, which};
+use crate::contenders::{Paths, WorkerKind, free_ports, path_str, which};
 use crate::cost;
 use crate::load::{self, LoadSpec};
 use crate::stats::{Counts, Latency};
@@ -37,6 +38,9 @@ pub enum Cmd {
     Scale(ScaleCmd),
     /// compare + cost + scale, into one report (OUT/report.md, OUT/latency.svg).
     All(AllCmd),
+    /// Busy host: measure the capacity (requests/s without rollovers), then roll over at 50 %
+    /// and 80 % of it, per contender; p50/p99/max steady and in rollover windows.
+    Busy(BusyCmd),
     /// Short correctness check for CI: handoff (whole and --rolling) through a few rollovers
     /// under load; exit 1 on any failed request or rollover. Asserts no timing.
     Ci(CiCmd),
@@ -169,12 +173,60 @@ pub struct AllCmd {
 }
 
 #[derive(Debug, Args)]
+pub struct BusyCmd {
+    #[command(flatten)]
+    pub common: Common,
+    /// The worker: rust, node or egg.
+    #[arg(long, default_value = "egg")]
+    pub worker: String,
+    /// Load levels, percent of the measured capacity.
+    #[arg(long, value_delimiter = ',', default_value = "50,80")]
+    pub loads: Vec<u32>,
+    /// Rollovers per contender and load (default: 200 for rust, 20 for node and egg).
+    #[arg(long)]
+    pub rollovers: Option<usize>,
+    /// Pause between rollovers, ms (default: 50 for rust, 1000 for node and egg).
+    #[arg(long)]
+    pub gap_ms: Option<u64>,
+    /// Steady state before the first rollover, seconds.
+    #[arg(long, default_value_t = 5)]
+    pub steady_secs: u64,
+    /// How long the capacity is measured, seconds (after 1 s of warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub capacity_secs: u64,
+    /// Time limit for one contender's rollovers, seconds.
+    #[arg(long, default_value_t = 120)]
+    pub budget_secs: u64,
+    /// Only these contenders (default: handoff, handoff --rolling, plain restart, and PM2 for
+    /// node and egg); ids as in `compare --only`.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Run each handoff row once per value, given to handoff as HANDOFF_BOOT_PRIORITY
+    /// (e.g. `none,idle`); without it handoff runs with its default.
+    #[arg(long, value_delimiter = ',')]
+    pub boot_priority: Vec<String>,
+    /// Clients that open a new connection per request.
+    #[arg(long, default_value_t = 4)]
+    pub clients: usize,
+    /// Clients that keep their connection alive.
+    #[arg(long, default_value_t = 4)]
+    pub keepalive_clients: usize,
+}
+
+#[derive(Debug, Args)]
 pub struct CiCmd {
     #[command(flatten)]
     pub common: Common,
     /// Rollovers per handoff mode.
     #[arg(long, default_value_t = 10)]
     pub rollovers: usize,
+    /// Rollovers per handoff mode with the Egg example app (0: no Egg rows).
+    #[arg(long, default_value_t = 3)]
+    pub egg_rollovers: usize,
+    /// Fail when the Egg rows cannot run (node or the app's npm packages missing) instead of
+    /// leaving them out.
+    #[arg(long, env = "BENCH_CI_EGG")]
+    pub require_egg: bool,
 }
 
 pub fn run(cli: Cli) -> Result<i32> {
@@ -201,6 +253,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::All(c) => all_cmd(c),
+        Cmd::Busy(c) => busy_cmd(c),
         Cmd::Ci(c) => ci_cmd(c),
     }
 }
@@ -290,6 +343,7 @@ fn load_spec(opts: &LoadOpts, addr: SocketAddr) -> LoadSpec {
         new_conn_clients: opts.clients,
         keepalive_clients: opts.keepalive_clients,
         interval: Duration::from_micros(opts.interval_us),
+        keepalive_interval: None,
         timeout: Duration::from_millis(opts.timeout_ms),
     }
 }
@@ -326,7 +380,7 @@ fn load_cmd(c: LoadCmd) -> Result<i32> {
 
 fn plan(common: &Common, o: &CompareOpts) -> Result<Plan> {
     let kinds = if o.only.is_empty() {
-        Kind::ALL.to_vec()
+        Kind::DEFAULT.to_vec()
     } else {
         o.only
             .iter()
@@ -353,8 +407,11 @@ fn plan(common: &Common, o: &CompareOpts) -> Result<Plan> {
         new_conn_clients: o.load.clients,
         keepalive_clients: o.load.keepalive_clients,
         interval: Duration::from_micros(o.load.interval_us),
+        keepalive_interval: None,
         timeout: Duration::from_millis(o.load.timeout_ms),
         starter_interval: o.starter_interval,
+        handoff_env: Vec::new(),
+        calibration_reps: 20,
     })
 }
 
@@ -529,6 +586,63 @@ fn all_cmd(c: AllCmd) -> Result<i32> {
     Ok(0)
 }
 
+fn busy_cmd(c: BusyCmd) -> Result<i32> {
+    let ctx = Ctx::new(&c.common)?;
+    let worker = match c.worker.as_str() {
+        "rust" => WorkerKind::Rust,
+        "node" => WorkerKind::Node,
+        "egg" => WorkerKind::Egg,
+        w => bail!("unknown worker {w:?}: rust, node or egg"),
+    };
+    let fast = worker == WorkerKind::Rust;
+    let kinds = if c.only.is_empty() {
+        Kind::busy_set(worker)
+    } else {
+        c.only
+            .iter()
+            .map(|s| Kind::parse(s).with_context(|| format!("unknown contender {s:?}")))
+            .collect::<Result<_>>()?
+    };
+    let bp = busy::BusyPlan {
+        worker,
+        workers: c.common.workers,
+        kinds,
+        loads: c.loads.clone(),
+        rollovers: c.rollovers.unwrap_or(if fast { 200 } else { 20 }),
+        gap: Duration::from_millis(c.gap_ms.unwrap_or(if fast { 50 } else { 1000 })),
+        steady: Duration::from_secs(c.steady_secs),
+        budget: Duration::from_secs(c.budget_secs),
+        capacity_time: Duration::from_secs(c.capacity_secs),
+        new_conn_clients: c.clients,
+        keepalive_clients: c.keepalive_clients,
+        boot_priorities: c.boot_priority.clone(),
+    };
+    let t = Instant::now();
+    let res = busy::run(&bp, &ctx.paths)?;
+    let name = worker.name().to_ascii_lowercase().replace('.', "");
+    let text = format!(
+        "# handoff-bench busy host, {} worker\n\n{}- took: {:.0} s\n- load: {} new-connection + {} keep-alive closed-loop clients, paced to the fraction of the capacity; per contender and load: 1 s warm-up, {} s steady, up to {} rollovers {} ms apart (at most {} s)\n\n{}",
+        worker.name(),
+        header(&ctx),
+        t.elapsed().as_secs_f64(),
+        bp.new_conn_clients,
+        bp.keepalive_clients,
+        bp.steady.as_secs(),
+        bp.rollovers,
+        bp.gap.as_millis(),
+        bp.budget.as_secs(),
+        busy::table(&res)
+    );
+    std::fs::write(ctx.out.join(format!("busy-{name}.md")), &text)?;
+    std::fs::write(
+        ctx.out.join(format!("busy-{name}.json")),
+        serde_json::to_string_pretty(&res)?,
+    )?;
+    println!("{text}");
+    eprintln!("== wrote {}/busy-{name}.md", ctx.out.display());
+    Ok(0)
+}
+
 fn ci_cmd(c: CiCmd) -> Result<i32> {
     let ctx = Ctx::new(&c.common)?;
     let opts = CompareOpts {
@@ -546,12 +660,37 @@ fn ci_cmd(c: CiCmd) -> Result<i32> {
             timeout_ms: 5000,
         },
     };
-    let results = run_compare(&ctx, &c.common, &opts)?;
+    let mut results: Vec<(compare::ContenderResult, usize)> = run_compare(&ctx, &c.common, &opts)?
+        .into_iter()
+        .map(|r| (r, c.rollovers))
+        .collect();
     let mut bad = Vec::new();
-    for r in &results {
+    if c.egg_rollovers > 0 {
+        // The Egg app: the real case of issue 17 (a boot of most of a second of CPU per worker).
+        match ctx.paths.worker_command(WorkerKind::Egg) {
+            Err(why) if !c.require_egg => println!("bench-ci: Egg rows left out: {why:#}"),
+            Err(why) => bad.push(format!("Egg rows cannot run: {why:#}")),
+            Ok(_) => {
+                let egg = CompareOpts {
+                    rollovers: 0,
+                    peer_rollovers: c.egg_rollovers,
+                    gap_ms: 200,
+                    only: vec!["handoff-egg".into(), "handoff-rolling-egg".into()],
+                    ..opts.clone()
+                };
+                results.extend(
+                    run_compare(&ctx, &c.common, &egg)?
+                        .into_iter()
+                        .map(|r| (r, c.egg_rollovers)),
+                );
+            }
+        }
+    }
+    for (r, expected) in &results {
         let line = format!(
-            "{}: {} rollovers, {} requests, {} failed ({})",
+            "{} ({}): {} rollovers, {} requests, {} failed ({})",
             r.label,
+            r.worker.name(),
             r.rollovers,
             r.counts.requests,
             r.counts.failed,
@@ -560,7 +699,7 @@ fn ci_cmd(c: CiCmd) -> Result<i32> {
         println!("bench-ci: {line}");
         if r.counts.failed > 0
             || !r.rollover_errors.is_empty()
-            || r.rollovers != c.rollovers
+            || r.rollovers != *expected
             || r.counts.requests == 0
         {
             bad.push(line);

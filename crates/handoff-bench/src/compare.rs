@@ -30,10 +30,15 @@ pub enum Kind {
     HandoffWholeNode,
     PlainRestartNode,
     Pm2,
+    HandoffWholeEgg,
+    HandoffRollingEgg,
+    PlainRestartEgg,
+    Pm2Egg,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    /// What `compare` and `all` run when not told otherwise.
+    pub const DEFAULT: [Kind; 7] = [
         Kind::HandoffWhole,
         Kind::HandoffRolling,
         Kind::PlainRestart,
@@ -42,6 +47,36 @@ impl Kind {
         Kind::PlainRestartNode,
         Kind::Pm2,
     ];
+
+    /// Everything `--only` knows: the default set and the Egg app's rows (which `busy`
+    /// runs).
+    pub const ALL: [Kind; 11] = [
+        Kind::HandoffWhole,
+        Kind::HandoffRolling,
+        Kind::PlainRestart,
+        Kind::ServerStarter,
+        Kind::HandoffWholeNode,
+        Kind::PlainRestartNode,
+        Kind::Pm2,
+        Kind::HandoffWholeEgg,
+        Kind::HandoffRollingEgg,
+        Kind::PlainRestartEgg,
+        Kind::Pm2Egg,
+    ];
+
+    /// The contenders `busy` runs for a worker.
+    pub fn busy_set(worker: WorkerKind) -> Vec<Kind> {
+        match worker {
+            WorkerKind::Egg => vec![
+                Kind::HandoffWholeEgg,
+                Kind::HandoffRollingEgg,
+                Kind::PlainRestartEgg,
+                Kind::Pm2Egg,
+            ],
+            WorkerKind::Node => vec![Kind::HandoffWholeNode, Kind::PlainRestartNode, Kind::Pm2],
+            WorkerKind::Rust => vec![Kind::HandoffWhole, Kind::HandoffRolling, Kind::PlainRestart],
+        }
+    }
 
     /// The name on the command line (`--only`).
     pub fn id(self) -> &'static str {
@@ -53,24 +88,32 @@ impl Kind {
             Kind::HandoffWholeNode => "handoff-node",
             Kind::PlainRestartNode => "plain-restart-node",
             Kind::Pm2 => "pm2",
+            Kind::HandoffWholeEgg => "handoff-egg",
+            Kind::HandoffRollingEgg => "handoff-rolling-egg",
+            Kind::PlainRestartEgg => "plain-restart-egg",
+            Kind::Pm2Egg => "pm2-egg",
         }
     }
 
     pub fn label(self) -> &'static str {
         match self {
-            Kind::HandoffWhole => "handoff (whole generation)",
-            Kind::HandoffRolling => "handoff --rolling",
-            Kind::PlainRestart => "plain restart (baseline)",
+            Kind::HandoffWhole | Kind::HandoffWholeEgg => "handoff (whole generation)",
+            Kind::HandoffRolling | Kind::HandoffRollingEgg => "handoff --rolling",
+            Kind::PlainRestart | Kind::PlainRestartEgg => "plain restart (baseline)",
             Kind::ServerStarter => "Server::Starter start_server",
             Kind::HandoffWholeNode => "handoff (whole generation)",
             Kind::PlainRestartNode => "plain restart (baseline)",
-            Kind::Pm2 => "PM2 cluster, pm2 reload",
+            Kind::Pm2 | Kind::Pm2Egg => "PM2 cluster, pm2 reload",
         }
     }
 
     pub fn worker(self) -> WorkerKind {
         match self {
             Kind::HandoffWholeNode | Kind::PlainRestartNode | Kind::Pm2 => WorkerKind::Node,
+            Kind::HandoffWholeEgg
+            | Kind::HandoffRollingEgg
+            | Kind::PlainRestartEgg
+            | Kind::Pm2Egg => WorkerKind::Egg,
             _ => WorkerKind::Rust,
         }
     }
@@ -79,7 +122,7 @@ impl Kind {
     /// worker at a time, so each one's start is on the critical path).
     pub fn sequential_starts(self, workers: usize) -> usize {
         match self {
-            Kind::HandoffRolling | Kind::Pm2 => workers,
+            Kind::HandoffRolling | Kind::Pm2 | Kind::HandoffRollingEgg | Kind::Pm2Egg => workers,
             _ => 1,
         }
     }
@@ -87,7 +130,11 @@ impl Kind {
     pub fn is_handoff(self) -> bool {
         matches!(
             self,
-            Kind::HandoffWhole | Kind::HandoffRolling | Kind::HandoffWholeNode
+            Kind::HandoffWhole
+                | Kind::HandoffRolling
+                | Kind::HandoffWholeNode
+                | Kind::HandoffWholeEgg
+                | Kind::HandoffRollingEgg
         )
     }
 
@@ -114,9 +161,15 @@ pub struct Plan {
     pub new_conn_clients: usize,
     pub keepalive_clients: usize,
     pub interval: Duration,
+    /// The keep-alive clients' own interval (busy mode), else `interval`.
+    pub keepalive_interval: Option<Duration>,
     pub timeout: Duration,
     /// start_server's --interval (seconds).
     pub starter_interval: u32,
+    /// Extra environment for handoff (busy mode: `HANDOFF_BOOT_PRIORITY`).
+    pub handoff_env: Vec<(String, String)>,
+    /// How often the plain restart measures the worker's own start (0: not at all).
+    pub calibration_reps: usize,
 }
 
 /// What one contender did.
@@ -268,19 +321,22 @@ fn make(
         .map_err(|e| e.to_string())?;
     let dir = paths.scratch(kind.id()).map_err(|e| e.to_string())?;
     Ok(match kind {
-        Kind::HandoffWhole | Kind::HandoffRolling | Kind::HandoffWholeNode => {
-            Box::new(Handoff::new(
-                paths,
-                HandoffConfig {
-                    workers: plan.workers,
-                    rolling: kind == Kind::HandoffRolling,
-                    listen: vec![addr],
-                    command,
-                    dir,
-                },
-            ))
-        }
-        Kind::PlainRestart | Kind::PlainRestartNode => {
+        Kind::HandoffWhole
+        | Kind::HandoffRolling
+        | Kind::HandoffWholeNode
+        | Kind::HandoffWholeEgg
+        | Kind::HandoffRollingEgg => Box::new(Handoff::new(
+            paths,
+            HandoffConfig {
+                workers: plan.workers,
+                rolling: matches!(kind, Kind::HandoffRolling | Kind::HandoffRollingEgg),
+                listen: vec![addr],
+                command,
+                dir,
+                env: plan.handoff_env.clone(),
+            },
+        )),
+        Kind::PlainRestart | Kind::PlainRestartNode | Kind::PlainRestartEgg => {
             Box::new(PlainRestart::new(plan.workers, command, addr, dir))
         }
         Kind::ServerStarter => {
@@ -289,9 +345,9 @@ fn make(
             s.interval_s = plan.starter_interval;
             Box::new(s)
         }
-        Kind::Pm2 => {
+        Kind::Pm2 | Kind::Pm2Egg => {
             Pm2::available(paths)?;
-            Box::new(Pm2::new(paths, plan.workers, addr, dir))
+            Box::new(Pm2::new(paths, kind.worker(), plan.workers, addr, dir))
         }
     })
 }
@@ -311,6 +367,7 @@ fn run_one(
             new_conn_clients: plan.new_conn_clients,
             keepalive_clients: plan.keepalive_clients,
             interval: plan.interval,
+            keepalive_interval: plan.keepalive_interval,
             timeout: plan.timeout,
         };
         let epoch = Instant::now();
@@ -341,7 +398,7 @@ fn run_one(
         let recorded = running.finish();
         // The worker's own start, under the same load but away from the served socket.
         let calibration_load = load::start(&spec, epoch);
-        let cal = c.calibrate(20);
+        let cal = c.calibrate(plan.calibration_reps);
         calibration_load.finish();
         if let Some(cal) = cal? {
             r.calib_single_ms = cal.single_ms;
@@ -439,8 +496,10 @@ pub struct OwnTimes {
 
 pub fn own_times(results: &[ContenderResult], worker: WorkerKind) -> Option<OwnTimes> {
     let b = results.iter().find(|r| {
-        matches!(r.kind, Kind::PlainRestart | Kind::PlainRestartNode)
-            && r.worker == worker
+        matches!(
+            r.kind,
+            Kind::PlainRestart | Kind::PlainRestartNode | Kind::PlainRestartEgg
+        ) && r.worker == worker
             && r.rollovers > 0
     })?;
     Some(OwnTimes {
@@ -601,7 +660,7 @@ pub fn phases(results: &[ContenderResult]) -> String {
 /// The worker's own times the overhead column subtracts.
 pub fn own_times_text(results: &[ContenderResult]) -> String {
     let mut out = String::new();
-    for w in [WorkerKind::Rust, WorkerKind::Node] {
+    for w in [WorkerKind::Rust, WorkerKind::Node, WorkerKind::Egg] {
         if let Some(o) = own_times(results, w) {
             out.push_str(&format!(
                 "- {} worker's own times (medians, under the same load): start (exec → READY=1) of one worker {:.1} ms, of a whole generation started at once {:.1} ms (on a private listener no client connects to, 20 times each); drain (SIGTERM → exit) {:.1} ms (in the plain restart run)\n",

@@ -102,6 +102,9 @@ pub fn free_ports(n: usize) -> Result<Vec<u16>> {
 pub enum WorkerKind {
     Rust,
     Node,
+    /// The Egg.js example app (`examples/egg-app/handoff-entry.js`), one single-process Egg
+    /// per worker; its boot takes most of a second of CPU.
+    Egg,
 }
 
 impl WorkerKind {
@@ -109,6 +112,7 @@ impl WorkerKind {
         match self {
             WorkerKind::Rust => "Rust",
             WorkerKind::Node => "Node.js",
+            WorkerKind::Egg => "Egg",
         }
     }
 }
@@ -141,7 +145,35 @@ impl Paths {
                 path_str(&which("node").context("node is not on PATH")?),
                 path_str(&self.root.join("examples/node-worker/server.js")),
             ],
+            WorkerKind::Egg => {
+                let app = self.egg_app()?;
+                // env(1) execs node in the same process, so LISTEN_PID stays right. Egg's run
+                // files and logs go to the scratch dir; the demo schedule is off (it would
+                // only add a timer).
+                let scratch = self.tmp.join("egg");
+                vec![
+                    "/usr/bin/env".into(),
+                    format!("EGG_RUN_DIR={}", path_str(&scratch.join("run"))),
+                    format!("EGG_LOG_DIR={}", path_str(&scratch.join("logs"))),
+                    "EGG_SCHEDULE_INTERVAL=0".into(),
+                    "NODE_ENV=production".into(),
+                    path_str(&which("node").context("node is not on PATH")?),
+                    path_str(&app.join("handoff-entry.js")),
+                ]
+            }
         })
+    }
+
+    /// The Egg example app, with its npm packages installed.
+    pub fn egg_app(&self) -> Result<PathBuf> {
+        let app = self.root.join("examples/egg-app");
+        if !app.join("node_modules/egg/package.json").is_file() {
+            bail!(
+                "the Egg example app's packages are not installed (cd {} && npm ci)",
+                app.display()
+            );
+        }
+        Ok(app)
     }
 
     /// A fresh scratch directory for one contender.
@@ -218,6 +250,8 @@ pub struct HandoffConfig {
     pub command: Vec<String>,
     /// Runtime dir, control socket and log live here.
     pub dir: PathBuf,
+    /// Extra environment for handoff (and so its workers).
+    pub env: Vec<(String, String)>,
 }
 
 pub struct Handoff {
@@ -309,6 +343,7 @@ impl Contender for Handoff {
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDNAMES")
             .env_remove("RUST_LOG")
+            .envs(self.cfg.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -751,6 +786,8 @@ pub struct Pm2 {
     module: PathBuf,
     driver_js: PathBuf,
     worker_js: PathBuf,
+    /// The Egg app's environment, passed to the PM2 app by the driver (`BENCH_APP_ENV`).
+    egg: Option<Vec<(String, String)>>,
     instances: usize,
     addr: SocketAddr,
     dir: PathBuf,
@@ -771,11 +808,34 @@ impl Pm2 {
         Ok(())
     }
 
-    pub fn new(paths: &Paths, instances: usize, addr: SocketAddr, dir: PathBuf) -> Self {
+    pub fn new(
+        paths: &Paths,
+        worker: WorkerKind,
+        instances: usize,
+        addr: SocketAddr,
+        dir: PathBuf,
+    ) -> Self {
+        let worker_js = match worker {
+            WorkerKind::Egg => "pm2-egg-worker.js",
+            _ => "pm2-worker.js",
+        };
         Pm2 {
             module: paths.pm2_module.clone(),
             driver_js: paths.peers.join("pm2-driver.js"),
-            worker_js: paths.peers.join("pm2-worker.js"),
+            worker_js: paths.peers.join(worker_js),
+            egg: (worker == WorkerKind::Egg).then(|| {
+                let scratch = paths.tmp.join("egg-pm2");
+                vec![
+                    (
+                        "EGG_BASE_DIR".into(),
+                        path_str(&paths.root.join("examples/egg-app")),
+                    ),
+                    ("EGG_RUN_DIR".into(), path_str(&scratch.join("run"))),
+                    ("EGG_LOG_DIR".into(), path_str(&scratch.join("logs"))),
+                    ("EGG_SCHEDULE_INTERVAL".into(), "0".into()),
+                    ("NODE_ENV".into(), "production".into()),
+                ]
+            }),
             instances,
             addr,
             dir,
@@ -833,6 +893,17 @@ impl Contender for Pm2 {
             .env("BENCH_PORT", self.addr.port().to_string())
             .env("BENCH_HOST", self.addr.ip().to_string())
             .env("BENCH_INSTANCES", self.instances.to_string())
+            .env(
+                "BENCH_APP_ENV",
+                serde_json::to_string(
+                    &self
+                        .egg
+                        .iter()
+                        .flatten()
+                        .cloned()
+                        .collect::<std::collections::BTreeMap<String, String>>(),
+                )?,
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log)

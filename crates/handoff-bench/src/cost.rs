@@ -56,6 +56,7 @@ pub fn cost(
                 rolling: false,
                 listen: vec![addr],
                 command: paths.worker_command(WorkerKind::Rust)?,
+                env: Vec::new(),
                 dir: paths.scratch(&format!("cost-{workers}"))?,
             },
         );
@@ -168,6 +169,7 @@ pub fn scale(
                 rolling: false,
                 listen,
                 command: paths.worker_command(WorkerKind::Rust)?,
+                env: Vec::new(),
                 dir: paths.scratch(&format!("scale-{workers}x{sockets}"))?,
             },
         );

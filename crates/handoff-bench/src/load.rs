@@ -82,6 +82,9 @@ pub struct LoadSpec {
     /// Each client sends at most one request per interval (closed loop: never more than one
     /// outstanding). Zero: back to back.
     pub interval: Duration,
+    /// The keep-alive clients' interval, when it differs (busy mode paces each kind of client
+    /// to its own share of the capacity).
+    pub keepalive_interval: Option<Duration>,
     /// Connect / read / write timeout of one request.
     pub timeout: Duration,
 }
@@ -151,15 +154,20 @@ fn client(
     };
     let mut conn: Option<TcpStream> = None;
     let mut buf = Vec::with_capacity(512);
+    let interval = if keepalive {
+        spec.keepalive_interval.unwrap_or(spec.interval)
+    } else {
+        spec.interval
+    };
     // Spread the clients' first requests over one interval.
-    let mut next = Instant::now() + spec.interval.mul_f64(index as f64 / 16.0 % 1.0);
+    let mut next = Instant::now() + interval.mul_f64(index as f64 / 16.0 % 1.0);
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         if next > now {
             std::thread::sleep(next - now);
         }
         let t = Instant::now();
-        next = t + spec.interval;
+        next = t + interval;
         let result = request(spec, keepalive, &mut conn, &mut buf);
         let lat = t.elapsed();
         let outcome = match result {
@@ -227,7 +235,8 @@ fn request(
     Ok(())
 }
 
-/// Reads one complete response; checks it is a 200 with the worker's `pid=...` body.
+/// Reads one complete response; checks it is a 200 with the worker's body (`pid=...`, or the
+/// Egg app's JSON carrying its pid).
 /// Returns whether the server keeps the connection open.
 fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<bool> {
     buf.clear();
@@ -292,13 +301,18 @@ fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<bool> {
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    if !buf[header_end..].starts_with(b"pid=") {
+    if !is_worker_body(&buf[header_end..]) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            "body is not the worker's `pid=...`",
+            "body is not the worker's `pid=...` (or the Egg app's JSON with its pid)",
         ));
     }
     Ok(keep)
+}
+
+/// The example workers answer `pid=...`; the Egg app answers `{"version":..,"pid":..,...}`.
+fn is_worker_body(body: &[u8]) -> bool {
+    body.starts_with(b"pid=") || (body.starts_with(b"{") && find(body, b"\"pid\":").is_some())
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -312,6 +326,7 @@ pub fn probe(addr: SocketAddr) -> io::Result<()> {
         new_conn_clients: 1,
         keepalive_clients: 0,
         interval: Duration::ZERO,
+        keepalive_interval: None,
         timeout: Duration::from_secs(2),
     };
     request(&spec, false, &mut None, &mut Vec::new())
@@ -343,6 +358,7 @@ mod tests {
             new_conn_clients: 1,
             keepalive_clients: 0,
             interval: Duration::ZERO,
+            keepalive_interval: None,
             timeout: Duration::from_secs(2),
         }
     }
@@ -372,6 +388,15 @@ mod tests {
         );
         assert_eq!(
             one(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nhi\n"),
+            Outcome::Bad
+        );
+        // The Egg app's JSON answer counts; JSON without the pid does not.
+        assert_eq!(
+            one(b"HTTP/1.1 200 OK\r\nContent-Length: 29\r\n\r\n{\"version\":\"1.0.0\",\"pid\":42}\n"),
+            Outcome::Ok
+        );
+        assert_eq!(
+            one(b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n{\"error\":42}\n"),
             Outcome::Bad
         );
     }

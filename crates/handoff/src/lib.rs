@@ -4,7 +4,9 @@
 //! - [`supervisor`]: the rollover state machine (`supervisor::machine`, start here) and the
 //!   executor that carries out its decisions (`supervisor::executor`).
 //! - [`contract`]: what a worker is handed (environment, fds); [`spawn`]: fork/exec of a
-//!   worker (the only fork); [`journal`]: the workers' journal streams.
+//!   worker (the only process creation, by `clone(CLONE_VM|CLONE_VFORK)`); [`journal`]: the workers' journal streams.
+//! - [`priority`]: boot priority building blocks (new workers at a lower CPU priority until
+//!   READY=1; not wired into the supervisor yet).
 //! - [`guard`]: a child that kills what handoff started if handoff is killed.
 //! - [`listeners`]: taking sockets from systemd or binding them.
 //! - [`notify`]: the sd_notify protocol, worker side (receiving) and systemd side (sending).
@@ -20,6 +22,7 @@ pub mod guard;
 pub mod journal;
 pub mod listeners;
 pub mod notify;
+pub mod priority;
 pub mod render;
 pub mod spawn;
 pub mod supervisor;

@@ -1,11 +1,12 @@
-//! Starting a worker: fork, put the listening fds at 3..3+n, exec.
+//! Starting a worker: clone, put the listening fds at 3..3+n, exec.
 //!
-//! This is the one module that forks. Everything the child needs (argv, envp, the fd list, the
-//! `LISTEN_PID=` slot) is allocated before `fork`; after it, the child only makes
-//! async-signal-safe calls and then `execve`s: another thread (tokio's blocking pool) may
-//! hold a lock at the moment of the fork, the allocator's included, and the child would
-//! deadlock on it. An exec
-//! failure travels back to the parent over a CLOEXEC pipe, as std's `Command` does it.
+//! This is the one module that creates processes. It uses `clone(CLONE_VM | CLONE_VFORK)`, as
+//! posix_spawn does, not fork: the child borrows handoff's memory until it execs, so nothing is
+//! copied (fork's page-table copy and the copy-on-write faults after it were most of handoff's
+//! CPU per worker). Everything the child needs (argv, envp, the fd list, the `LISTEN_PID=` slot)
+//! is allocated before the clone; after it, the child only makes raw syscalls and
+//! async-signal-safe calls on its own small stack and then `execve`s. An exec failure travels
+//! back to the parent over a CLOEXEC pipe, as std's `Command` does it.
 #![allow(unsafe_code)]
 
 use std::ffi::{CString, OsStr, OsString};
@@ -15,7 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::sys::signal::Signal;
-use nix::unistd::{ForkResult, Pid};
+use nix::unistd::Pid;
 
 use crate::journal::JournalStream;
 
@@ -140,10 +141,10 @@ fn cstring(bytes: &[u8]) -> io::Result<CString> {
 const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
 const JOURNAL_STREAM_PREFIX: &[u8] = b"JOURNAL_STREAM=";
 
-/// Forks and execs a worker. Returns its pid once `execve` has succeeded; an exec failure is
+/// Starts a worker (clone + exec). Returns its pid once `execve` has succeeded; an exec failure is
 /// returned as the error (and the child is already reaped).
 pub fn spawn_worker(spec: &WorkerSpec) -> io::Result<Pid> {
-    // ---- everything allocated before fork ----
+    // ---- everything allocated before clone: the child must not allocate ----
     let program = cstring(spec.program.as_os_str().as_bytes())?;
     let args: Vec<CString> = spec
         .args
@@ -180,7 +181,6 @@ pub fn spawn_worker(spec: &WorkerSpec) -> io::Result<Pid> {
     if spec.journal.is_some() {
         envp.push(journal_env.as_ptr() as *const libc::c_char);
     }
-    let journal = spec.journal;
     envp.push(std::ptr::null());
 
     let n = spec.listeners.len() as RawFd;
@@ -190,145 +190,299 @@ pub fn spawn_worker(spec: &WorkerSpec) -> io::Result<Pid> {
     let max_fd = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map(|(soft, _)| soft.min(65536) as RawFd)
         .unwrap_or(1024);
-    let parent = nix::unistd::getpid();
-    let creds = spec.credentials;
-    let death_signal = spec.parent_death_signal as libc::c_int;
-    let nofile = spec.nofile.map(|(soft, hard)| libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: hard,
-    });
-
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let err_w_raw = err_w.as_raw_fd();
-
-    // SAFETY: the child branch below calls only async-signal-safe functions (setpgid, prctl,
-    // getppid, rt_sigprocmask, rt_sigaction, fcntl, dup2, syscall(close_range), getpid, execve, write,
-    // _exit) and writes only into memory allocated before the fork. It never returns.
-    match unsafe { nix::unistd::fork() }? {
-        ForkResult::Child => unsafe {
-            // SAFETY: see the fork comment; raw libc calls on values prepared above.
-            libc::setpgid(0, 0);
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                death_signal as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
-            if libc::getppid() != parent.as_raw() {
-                libc::_exit(1); // handoff died between fork and prctl
-            }
-            if let Some(c) = creds {
-                // Groups first, then gid, then uid (after setuid we could not change them).
-                // Raw syscalls: glibc's wrappers would try to sync other threads, of which
-                // the child has none.
-                if libc::syscall(
-                    libc::SYS_setgroups,
-                    c.groups.len() as libc::c_long,
-                    c.groups.as_ptr() as libc::c_long,
-                ) != 0
-                    || libc::syscall(libc::SYS_setgid, c.gid as libc::c_long) != 0
-                    || libc::syscall(libc::SYS_setuid, c.uid as libc::c_long) != 0
-                {
-                    child_fail(err_w_raw);
+    let child_args = ChildArgs {
+        program: program.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        sources: &sources,
+        moved: moved.as_mut_ptr(),
+        first_free,
+        max_fd,
+        parent: nix::unistd::getpid().as_raw(),
+        creds: spec.credentials,
+        death_signal: spec.parent_death_signal as libc::c_int,
+        journal: spec.journal,
+        nofile: spec.nofile.map(|(soft, hard)| libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        }),
+        journal_digits,
+        listen_pid_digits,
+        err_w: err_w.as_raw_fd(),
+    };
+    let child = clone_vfork(&child_args)?;
+    drop(err_w);
+    // CLONE_VFORK: clone returned only once the child had exec'd (the CLOEXEC write end is
+    // closed) or exited (after writing its errno), so this read does not wait.
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    loop {
+        match nix::unistd::read(&err_r, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(k) => {
+                got += k;
+                if got == 4 {
+                    break;
                 }
             }
-            // Raw syscalls, not glibc's wrappers: those refuse to touch the two real-time
-            // signals glibc reserves (32, 33), and an ancestor of handoff may have left them
-            // ignored; exec keeps SIG_IGN (Rust itself ignores SIGPIPE). Workers start clean.
-            // (syscall() is variadic: every argument goes as a full c_long.)
-            let empty_mask: u64 = 0;
-            libc::syscall(
-                libc::SYS_rt_sigprocmask,
-                libc::SIG_SETMASK as libc::c_long,
-                &empty_mask as *const u64 as libc::c_long,
-                0 as libc::c_long,
-                8 as libc::c_long,
-            );
-            let default = KernelSigaction {
-                handler: libc::SIG_DFL,
-                flags: 0,
-                restorer: 0,
-                mask: 0,
-            };
-            for sig in 1..=64 as libc::c_long {
-                if sig != libc::SIGKILL as libc::c_long && sig != libc::SIGSTOP as libc::c_long {
-                    libc::syscall(
-                        libc::SYS_rt_sigaction,
-                        sig,
-                        &default as *const KernelSigaction as libc::c_long,
-                        0 as libc::c_long,
-                        8 as libc::c_long,
-                    );
-                }
-            }
-            if let Some(j) = journal {
-                connect_journal(j, journal_digits);
-            }
-            // Move the error pipe and every listener above the target range first, so a
-            // dup2 onto 3+i can never clobber a source still to be moved.
-            let err_fd = libc::fcntl(err_w_raw, libc::F_DUPFD_CLOEXEC, first_free);
-            for (i, &src) in sources.iter().enumerate() {
-                let fd = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, first_free);
-                if fd < 0 {
-                    child_fail(err_fd);
-                }
-                *moved.as_mut_ptr().add(i) = fd;
-            }
-            for i in 0..sources.len() {
-                // dup2 leaves the new fd without CLOEXEC: exactly these survive exec.
-                if libc::dup2(*moved.as_ptr().add(i), 3 + i as RawFd) < 0 {
-                    child_fail(err_fd);
-                }
-            }
-            // Everything from 3+n up closes at exec: no inherited strays, whatever handoff's
-            // own parent left open. close_range needs Linux 5.11; fall back to a loop.
-            if libc::syscall(
-                libc::SYS_close_range,
-                first_free as libc::c_long,
-                libc::c_uint::MAX as libc::c_long,
-                libc::CLOSE_RANGE_CLOEXEC as libc::c_long,
-            ) != 0
-            {
-                for fd in first_free..max_fd {
-                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-                }
-            }
-            if let Some(r) = nofile {
-                libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-            }
-            write_decimal(listen_pid_digits, libc::getpid() as u64);
-            libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
-            child_fail(err_fd)
-        },
-        ForkResult::Parent { child } => {
-            drop(err_w);
-            let mut buf = [0u8; 4];
-            let mut got = 0;
-            loop {
-                match nix::unistd::read(&err_r, &mut buf[got..]) {
-                    Ok(0) => break,
-                    Ok(k) => {
-                        got += k;
-                        if got == 4 {
-                            break;
-                        }
-                    }
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            if got == 0 {
-                return Ok(child); // exec succeeded: the CLOEXEC write end closed
-            }
-            let _ = nix::sys::wait::waitpid(child, None);
-            let errno = i32::from_ne_bytes(buf);
-            let err = io::Error::from_raw_os_error(errno);
-            Err(io::Error::new(
-                err.kind(),
-                format!("cannot execute {}: {err}", spec.program.display()),
-            ))
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         }
+    }
+    if got == 0 {
+        return Ok(child); // exec succeeded: the CLOEXEC write end closed
+    }
+    let _ = nix::sys::wait::waitpid(child, None);
+    let errno = i32::from_ne_bytes(buf);
+    let err = io::Error::from_raw_os_error(errno);
+    Err(io::Error::new(
+        err.kind(),
+        format!("cannot execute {}: {err}", spec.program.display()),
+    ))
+}
+
+/// Everything the child reads, prepared by the parent: the child shares the parent's memory
+/// (CLONE_VM) and must not allocate, so it only follows these pointers.
+struct ChildArgs<'a> {
+    program: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    sources: &'a [RawFd],
+    /// Room for one fd per source (the child writes here).
+    moved: *mut RawFd,
+    first_free: RawFd,
+    max_fd: RawFd,
+    parent: libc::pid_t,
+    creds: Option<&'a Credentials>,
+    death_signal: libc::c_int,
+    journal: Option<&'a JournalStream>,
+    journal_digits: *mut u8,
+    listen_pid_digits: *mut u8,
+    err_w: RawFd,
+    nofile: Option<libc::rlimit>,
+}
+
+/// The child's stack: 64 KiB above one PROT_NONE guard page (the child's deepest frame, in
+/// `connect_journal`, needs well under 1 KiB). Unmapped on drop. Each thread that spawns keeps
+/// one (mapping and unmapping it per worker was 4 % of handoff's CPU in a 64-worker rollover).
+const CHILD_STACK: usize = 64 * 1024;
+
+struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    fn new() -> io::Result<ChildStack> {
+        let page = 4096;
+        let len = CHILD_STACK + page;
+        // SAFETY: a fresh anonymous mapping; the guard page is its lowest page.
+        unsafe {
+            let base = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            );
+            if base == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            let stack = ChildStack { base, len };
+            if libc::mprotect(base, page, libc::PROT_NONE) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(stack)
+        }
+    }
+
+    /// The stack grows down: the child starts at the top (page aligned, so 16-byte aligned).
+    fn top(&self) -> *mut libc::c_void {
+        // SAFETY: one past the end of the mapping, which is what clone wants.
+        unsafe { (self.base as *mut u8).add(self.len) as *mut libc::c_void }
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; the child that used it has exec'd or exited (CLONE_VFORK).
+        unsafe {
+            libc::munmap(self.base, self.len);
+        }
+    }
+}
+
+/// Starts the child with `clone(CLONE_VM | CLONE_VFORK)`, as posix_spawn does: no copy of
+/// handoff's page tables and no copy-on-write faults afterwards (fork's cost, which grew with
+/// every worker), and the calling thread is suspended until the child has exec'd or exited.
+/// All signals are blocked around the clone, so no handler of handoff's can run in the child
+/// (it would run on shared memory); the child resets every disposition and then unblocks.
+fn clone_vfork(args: &ChildArgs) -> io::Result<Pid> {
+    thread_local! {
+        static STACK: std::cell::RefCell<Option<ChildStack>> = const { std::cell::RefCell::new(None) };
+    }
+    STACK.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.is_none() {
+            *cached = Some(ChildStack::new()?);
+        }
+        let stack = cached.as_ref().expect("just set");
+        clone_on(stack, args)
+    })
+}
+
+/// The clone itself, on `stack` (which no other child uses meanwhile: the stack is this
+/// thread's, and this thread is suspended until the child has exec'd or exited).
+fn clone_on(stack: &ChildStack, args: &ChildArgs) -> io::Result<Pid> {
+    let all: u64 = !0;
+    let mut old: u64 = 0;
+    // SAFETY: raw rt_sigprocmask on this thread (glibc's wrapper would leave its two internal
+    // signals unblocked); `clone` runs `child_main` on the fresh stack with `args`, which lives
+    // on our stack until clone returns, and with CLONE_VFORK that is after exec or exit.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK as libc::c_long,
+            &all as *const u64 as libc::c_long,
+            &mut old as *mut u64 as libc::c_long,
+            8 as libc::c_long,
+        );
+        let pid = libc::clone(
+            child_main,
+            stack.top(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            args as *const ChildArgs as *mut libc::c_void,
+        );
+        let err = io::Error::last_os_error();
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK as libc::c_long,
+            &old as *const u64 as libc::c_long,
+            0 as libc::c_long,
+            8 as libc::c_long,
+        );
+        if pid < 0 {
+            return Err(err);
+        }
+        pid
+    };
+    Ok(Pid::from_raw(pid))
+}
+
+/// The child's entry point on its own stack. Never returns: execve or _exit.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the parent's `ChildArgs`, alive and unchanged while the parent waits.
+    unsafe { child_exec(&*(arg as *const ChildArgs)) }
+}
+
+/// Everything between clone and execve. The child shares handoff's memory (CLONE_VM), so it
+/// calls only raw syscalls and async-signal-safe functions (no allocation, no locks, no
+/// glibc wrapper that syncs threads or caches state), writes only into the buffers the parent
+/// reserved for it (`moved`, the LISTEN_PID= and JOURNAL_STREAM= slots), and its errno is the
+/// parent thread's, which the parent does not read after a successful clone.
+unsafe fn child_exec(a: &ChildArgs) -> ! {
+    // SAFETY: see above; raw libc calls on values prepared by the parent.
+    unsafe {
+        // Dispositions first, while every signal is still blocked (inherited from the
+        // parent's clone_vfork). Raw syscalls, not glibc's wrappers: those refuse to touch the
+        // two real-time signals glibc reserves (32, 33), and an ancestor of handoff may have
+        // left them ignored; exec keeps SIG_IGN (Rust itself ignores SIGPIPE). Workers start
+        // clean. (syscall() is variadic: every argument goes as a full c_long.)
+        let default = KernelSigaction {
+            handler: libc::SIG_DFL,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        for sig in 1..=64 as libc::c_long {
+            if sig != libc::SIGKILL as libc::c_long && sig != libc::SIGSTOP as libc::c_long {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &default as *const KernelSigaction as libc::c_long,
+                    0 as libc::c_long,
+                    8 as libc::c_long,
+                );
+            }
+        }
+        libc::syscall(libc::SYS_setpgid, 0 as libc::c_long, 0 as libc::c_long);
+        if let Some(c) = a.creds {
+            // Groups first, then gid, then uid (after setuid we could not change them).
+            // Raw syscalls: glibc's wrappers would signal every thread of handoff to change
+            // theirs too (the child shares handoff's memory, so glibc believes it is handoff).
+            if libc::syscall(
+                libc::SYS_setgroups,
+                c.groups.len() as libc::c_long,
+                c.groups.as_ptr() as libc::c_long,
+            ) != 0
+                || libc::syscall(libc::SYS_setgid, c.gid as libc::c_long) != 0
+                || libc::syscall(libc::SYS_setuid, c.uid as libc::c_long) != 0
+            {
+                child_fail(a.err_w);
+            }
+        }
+        // After the credentials: the kernel clears the parent-death signal when a process's
+        // uid or gid changes.
+        libc::syscall(
+            libc::SYS_prctl,
+            libc::PR_SET_PDEATHSIG as libc::c_long,
+            a.death_signal as libc::c_long,
+            0 as libc::c_long,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        );
+        if libc::syscall(libc::SYS_getppid) as libc::pid_t != a.parent {
+            libc::_exit(1); // handoff died before prctl: nobody would signal us
+        }
+        if let Some(j) = a.journal {
+            connect_journal(j, a.journal_digits);
+        }
+        // Move the error pipe and every listener above the target range first, so a
+        // dup2 onto 3+i can never clobber a source still to be moved.
+        let err_fd = libc::fcntl(a.err_w, libc::F_DUPFD_CLOEXEC, a.first_free);
+        for (i, &src) in a.sources.iter().enumerate() {
+            let fd = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, a.first_free);
+            if fd < 0 {
+                child_fail(err_fd);
+            }
+            *a.moved.add(i) = fd;
+        }
+        for i in 0..a.sources.len() {
+            // dup2 leaves the new fd without CLOEXEC: exactly these survive exec.
+            if libc::dup2(*a.moved.add(i), 3 + i as RawFd) < 0 {
+                child_fail(err_fd);
+            }
+        }
+        // Everything from 3+n up closes at exec: no inherited strays, whatever handoff's
+        // own parent left open. close_range needs Linux 5.11; fall back to a loop.
+        if libc::syscall(
+            libc::SYS_close_range,
+            a.first_free as libc::c_long,
+            libc::c_uint::MAX as libc::c_long,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_long,
+        ) != 0
+        {
+            for fd in a.first_free..a.max_fd {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+        if let Some(r) = &a.nofile {
+            libc::setrlimit(libc::RLIMIT_NOFILE, r);
+        }
+        write_decimal(a.listen_pid_digits, libc::syscall(libc::SYS_getpid) as u64);
+        // Last: unblock every signal (the worker starts with an empty mask).
+        let empty_mask: u64 = 0;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK as libc::c_long,
+            &empty_mask as *const u64 as libc::c_long,
+            0 as libc::c_long,
+            8 as libc::c_long,
+        );
+        libc::execve(a.program, a.argv, a.envp);
+        child_fail(err_fd)
     }
 }
 
@@ -345,7 +499,7 @@ struct KernelSigaction {
 /// inherited stdout/stderr stay (output still reaches the journal, just untagged), and the
 /// JOURNAL_STREAM slot is left empty. Async-signal-safe: socket, connect, write, fstat, dup2.
 unsafe fn connect_journal(j: &JournalStream, env_slot: *mut u8) {
-    // SAFETY: raw syscalls on a fresh fd and on memory prepared before fork.
+    // SAFETY: raw syscalls on a fresh fd and on memory prepared before the clone.
     unsafe {
         let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
