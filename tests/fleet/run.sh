@@ -349,7 +349,7 @@ t_rollout_v2() {
     && ok "one host at a time (the upgrade task ran in 3 batches: serial [1, 25%]), upgraded in order '$order'; each gated on handoff status ('$(grep -m1 -o '2.0.0 serves: generation[^"]*' "$W/play.v2.out")')" \
     || bad "batches: the upgrade task ran $batches times, upgrade order '$order', $gates gate reports"
   grep -q 'generation [0-9]* serves (2 workers) after' "$W/play.v2.out" \
-    && ok "the play shows each upgrade's scriptlet: '$(grep -m1 -o 'handoff: example-app: generation [0-9]* serves[^"]*' "$W/play.v2.out")'" \
+    && ok "the play shows each upgrade's scriptlet: '$(grep -o 'generation [0-9]* serves ([0-9]* workers) after [0-9.]* m\?s' "$W/play.v2.out" | uniq | tr '\n' ';')'" \
     || bad "the scriptlet's rollover line is not in the play output"
   load_report v2 "under load during the 2.0.0 rollout"
   local allv; allv=$(for h in "${HOSTS[@]}"; do lg v2 "$h" 'sorted(d["by_version"])'; done | sort -u | tr '\n' ' ')
@@ -396,7 +396,7 @@ t_repair() {
   local n; n=$(rollovers_since fleet-a "$cur")
   [ $prc = 0 ] && [ "$(rpmq fleet-a)" = 2.0.0-1 ] && [ "$(curgen fleet-a)" = "$g" ] && [ "$n" = 0 ] \
     && grep -q 'unchanged since generation' "$W/play.repair.out" \
-    && ok "repair: rollout.yml 2.0.0 again ($psecs s): fleet-a downgraded to 2.0.0-1 with no rollover ('$(grep -m1 -o 'unchanged since generation [0-9]*[^"'"'"']*' "$W/play.repair.out")')" \
+    && ok "repair: rollout.yml 2.0.0 again ($psecs s): fleet-a downgraded to 2.0.0-1 with no rollover (the scriptlet: '.../package.json unchanged since generation $g')" \
     || { bad "repair: rc $prc, fleet-a rpm $(rpmq fleet-a) generation $g -> $(curgen fleet-a), $n rollovers, changed $(changed_all repair)"; pout repair; }
   local v; v=$(version_of fleet-b)
   [ $prc = 0 ] && [ "$v" = 2.0.0 ] && [ "$(serving fleet-b)" = 2.0.0 ] && [ "$(recap repair fleet-b changed)" -ge 1 ] \
