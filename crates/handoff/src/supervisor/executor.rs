@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use handoff_common::paths;
 use handoff_common::protocol::{ReloadReply, StatusReport, VersionInfo};
 use handoff_common::release;
+use handoff_common::text::printable;
 use nix::sys::signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -262,7 +263,7 @@ impl Executor {
             Received::Dropped(why) => debug!(worker, "notify datagram dropped: {why}"),
             Received::Message { msg, .. } => {
                 if let Some(s) = &msg.status {
-                    debug!(worker, "status: {s}");
+                    debug!(worker, "status: {}", printable(s));
                 }
                 self.queue.push_back(Input::Notify { worker, msg });
             }
@@ -353,10 +354,10 @@ impl Executor {
                 p
             }
         };
-        let sock_path = self
-            .notify_dir
-            .join(format!("g{generation}-w{slot}-{worker}"));
-        let socket = self.notify_socket(&sock_path)?;
+        // Unguessable: only this worker is told the name (`notify::socket_name`).
+        let name = crate::notify::socket_name().map_err(|e| format!("getrandom: {e}"))?;
+        let sock_path = self.notify_dir.join(name);
+        let mut socket = self.notify_socket(&sock_path)?;
         let journal = self.journal_unit.as_ref().map(|unit| {
             // `node@g7`: journalctl shows it as the line's identifier, with the worker's pid.
             let base = program
@@ -387,6 +388,8 @@ impl Executor {
             journal: journal.as_ref(),
         };
         let pid = spawn::spawn_worker(&spec).map_err(|e| e.to_string())?;
+        // Datagrams count only from this worker's process tree (`notify::sender_in_tree`).
+        socket.set_owner(pid.as_raw());
         let socket = Arc::new(socket);
         let reader = socket.clone();
         let tx = self.notify_tx.clone();
@@ -522,7 +525,8 @@ fn emit(log: &Log) {
     let g = log.generation.unwrap_or_default();
     let w = log.slot.unwrap_or_default();
     let pid = log.pid.unwrap_or_default();
-    let m = &log.message;
+    // Messages quote versions and workers' STATUS= text: no control characters in the log.
+    let m = printable(&log.message);
     macro_rules! ev {
         ($mac:ident) => {
             match (log.generation, log.slot, log.pid) {
