@@ -295,7 +295,7 @@ fn a_runtime_dir_too_long_for_notify_sockets_is_refused_at_start() {
     assert!(err.contains("would not fit a unix socket address"), "{err}");
     // One that fits keeps working however many rollovers follow: names do not grow.
     let mut fits = base.path().to_path_buf();
-    let target = 107 - 1 - "notify-12345678".len() - 1 - 16;
+    let target = 107 - 1 - "notify-12345678".len() - 1 - 32;
     while fits.as_os_str().len() + 11 <= target {
         fits.push("dddddddddd");
     }

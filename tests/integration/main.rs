@@ -3,6 +3,7 @@
 
 mod faults;
 mod harness;
+mod hostile;
 mod robustness;
 mod rollover;
 mod systemd_protocol;

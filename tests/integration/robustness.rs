@@ -92,7 +92,7 @@ fn malformed_notify_datagrams_are_dropped_and_ready_still_seen() {
         }
     }
     // An fd passed along is closed by handoff, not kept.
-    let (r, _w) = nix::unistd::pipe().unwrap();
+    let (r, w) = nix::unistd::pipe().unwrap();
     use std::os::fd::AsRawFd;
     let fds = [r.as_raw_fd()];
     nix::sys::socket::sendmsg(
@@ -110,11 +110,20 @@ fn malformed_notify_datagrams_are_dropped_and_ready_still_seen() {
         "flood: {sent} datagrams in 500 ms; status answered in {:?}",
         t1.elapsed()
     );
-    assert!(wait_until(Duration::from_secs(5), || h
-        .status()
-        .is_some_and(
-            |st| st.workers[0].status.as_deref() == Some("with fd")
-        )));
+    // Once handoff has taken the datagram it has closed the passed read end; with ours closed
+    // too, the pipe has no reader left and a write fails with EPIPE.
+    drop(r);
+    assert!(
+        wait_until(Duration::from_secs(5), || nix::unistd::write(&w, b"x")
+            == Err(nix::errno::Errno::EPIPE)),
+        "handoff kept the read end passed in a notify datagram"
+    );
+    // This test process is not in the worker's process tree: what it sent does not count.
+    assert_ne!(
+        h.status().unwrap().workers[0].status.as_deref(),
+        Some("with fd"),
+        "a datagram from outside the worker's process tree counted"
+    );
     assert_eq!(
         steady_fd_count(h.pid()),
         before_fds,

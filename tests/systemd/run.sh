@@ -509,5 +509,42 @@ t_activating() {
 # Which checks run (all by default); CHECKS="t_activating" runs a subset while developing one.
 CHECKS=${CHECKS:-t_sa t_status t_reloads t_broken t_trigger t_journal t_kill9 t_stop t_notify_reload t_multi t_activating}
 for c in $CHECKS; do "$c"; done
+# ---- 11. a release's version cannot inject assignments into handoff's STATUS= (issue 11) --------------
+# With the repo's units (WatchdogSec=30s), a version "1.2.3\nWATCHDOG_USEC=1000000\nMAINPID=1" copied
+# raw into STATUS= set a 1 s watchdog: the unit was killed and restarted until it failed.
+t_inject() {
+  local p; p=$(free_port)
+  mkdir -p "$W/opt/inj"
+  printf '%s\n' '{"name":"inj","version":"1.2.3\nWATCHDOG_USEC=1000000\nMAINPID=1"}' > "$W/opt/inj/package.json"
+  sed "s#/opt/demo/#/opt/inj/#g" "$W/etc/demo.toml" > "$W/etc/inj.toml"
+  printf '[Socket]\nListenStream=\nListenStream=127.0.0.1:%s\n' "$p" | sb_dropin handoff@inj.socket 10-test
+  printf '[Service]\nEnvironment=EXAMPLE_VERSION_FILE=%s\n' "$W/opt/inj/package.json" | sb_dropin handoff@inj.service 10-test
+  sx systemctl start handoff@inj.service || { bad "inject: start handoff@inj.service"; return; }
+  local pid0 pid1 nr st status
+  pid0=$(prop handoff@inj.service MainPID)
+  sx systemctl reload handoff@inj.service >/dev/null 2>&1
+  # The injected text must stay inside StatusText (`systemctl show` here prints it without the
+  # backslashes of handoff's escapes);
+  # before, StatusText ended at "version 1.2.3" and the rest were assignments.
+  sleep 3.5   # 3 watchdog periods of the injected 1 s; handoff pings every 15 s
+  pid1=$(prop handoff@inj.service MainPID); nr=$(prop handoff@inj.service NRestarts)
+  st=$(prop handoff@inj.service ActiveState); status=$(prop handoff@inj.service StatusText)
+  if [ "$st" = active ] && [ "$nr" = 0 ] && [ "$pid0" = "$pid1" ] && grep -qF 'WATCHDOG_USEC=1000000' <<<"$status"; then
+    ok "inject: a version with newlines stays in STATUS= (\"$status\"); after 3.5 s: active, 0 restarts, MainPID $pid1 unchanged"
+  else bad "inject: state $st, NRestarts $nr, MainPID $pid0 -> $pid1, StatusText '$status'"; fi
+  sx systemctl stop handoff@inj.service handoff@inj.socket 2>/dev/null
+}
+
+t_sa
+t_status
+t_inject
+t_reloads
+t_broken
+t_trigger
+t_journal
+t_kill9
+t_stop
+t_notify_reload
+t_multi
 failed_units=$(sx systemctl --failed --no-legend --plain 2>/dev/null | grep -v '^handoff-trigger@demo.service' | grep . || true)
 [ -z "$failed_units" ] && ok "no unexpected failed units in the sandbox" || bad "failed units: $failed_units"

@@ -48,8 +48,18 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         total = total.saturating_add(part);
         rest = &rest[unit_len..];
     }
+    if total > MAX {
+        // Deadlines are `now + duration`: an absurd value would overflow the clock.
+        return Err(format!(
+            "invalid duration {text:?}: longer than the maximum of 365 days"
+        ));
+    }
     Ok(total)
 }
+
+/// The longest duration [`parse`] accepts: longer than any sane timeout, far from overflowing
+/// a deadline computed from it.
+pub const MAX: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Formats a duration the way status lines show it: `0.8 s`, `12 ms`, `3 m 5 s`.
 pub fn human(d: Duration) -> String {
@@ -90,6 +100,13 @@ mod tests {
                 .unwrap_err()
                 .contains("too large")
         );
+        assert!(
+            parse("9999999999999999999h")
+                .unwrap_err()
+                .contains("maximum")
+        );
+        assert_eq!(parse("8760h").unwrap(), MAX);
+        assert!(parse("8761h").unwrap_err().contains("maximum"));
     }
 
     #[test]

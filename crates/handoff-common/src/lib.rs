@@ -7,6 +7,7 @@
 //! - [`duration`]: `500ms` / `5s` / `2m` parsing and human output.
 //! - [`release`]: a release's identity (its `package.json`), read safely and hashed.
 //! - [`logging`]: stderr logging as both binaries set it up.
+//! - [`text`]: text from releases and workers made safe for terminals, logs and systemd.
 
 pub mod duration;
 pub mod exit;
@@ -14,3 +15,4 @@ pub mod logging;
 pub mod paths;
 pub mod protocol;
 pub mod release;
+pub mod text;

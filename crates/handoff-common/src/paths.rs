@@ -75,13 +75,39 @@ pub fn default_runtime_dir() -> PathBuf {
 /// Creates `dir` with mode 0700 (and its parents as needed). With `traversable`, 0711: workers
 /// running as another user must reach their own notify socket inside; nobody else can list
 /// the directory.
+///
+/// An existing `dir` must be a real directory owned by this process's user: the default
+/// `/tmp/handoff-UID` sits in a world-writable directory where another user may have put a
+/// symlink (handoff would then clear `notify/` wherever it points) or a directory of their own
+/// (where they could swap the control socket). Both are refused, not repaired.
 pub fn make_private_dir(dir: &Path, traversable: bool) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     let mode = if traversable { 0o711 } else { 0o700 };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(mode)
         .create(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if meta.file_type().is_symlink() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is a symlink; handoff keeps its sockets only in a directory of its own (remove it, or give --runtime-dir)",
+                dir.display()
+            ),
+        ));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} belongs to uid {}, not to handoff's uid {me}; another user could replace the sockets in it (remove it, or give --runtime-dir)",
+                dir.display(),
+                meta.uid()
+            ),
+        ));
+    }
     // An existing dir keeps its mode under create(): force it.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
 }
@@ -103,5 +129,18 @@ mod tests {
             a.to_string_lossy().starts_with("/run/x/notify-") && a != b,
             "{a:?} {b:?}"
         );
+    }
+
+    #[test]
+    fn a_symlinked_runtime_dir_is_refused() {
+        let base = std::env::temp_dir().join(format!("handoff-paths-{}", std::process::id()));
+        let real = base.join("real");
+        make_private_dir(&real, false).unwrap();
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let e = make_private_dir(&link, false).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        make_private_dir(&real, true).unwrap();
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

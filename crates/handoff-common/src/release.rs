@@ -88,7 +88,7 @@ impl fmt::Display for Release {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let short = &self.sha256[..12.min(self.sha256.len())];
         match &self.version {
-            Some(v) => write!(f, "version {v} (sha256 {short})"),
+            Some(v) => write!(f, "version {} (sha256 {short})", crate::text::printable(v)),
             None => write!(f, "no version field (sha256 {short})"),
         }
     }

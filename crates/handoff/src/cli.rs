@@ -85,7 +85,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "MODE", value_parser = config::parse_ready)]
     pub ready: Option<ReadyMode>,
     /// Roll back when a new worker is not ready in this time [default: 60s].
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_ready_timeout)]
     pub ready_timeout: Option<Duration>,
     /// SIGKILL old workers still running this long after the drain signal [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]

@@ -173,6 +173,19 @@ fn check_workers(n: i64) -> Result<usize, String> {
     Ok(n as usize)
 }
 
+/// `--ready-timeout`: a duration, not zero (every release would be rolled back before it
+/// could say `READY=1`).
+pub fn parse_ready_timeout(text: &str) -> Result<Duration, String> {
+    let d = duration::parse(text)?;
+    if d.is_zero() {
+        return Err(format!(
+            "a ready timeout of {:?} would roll back every release before it could start; give the time a worker may take to become ready, e.g. 30s",
+            text.trim()
+        ));
+    }
+    Ok(d)
+}
+
 pub fn parse_ready(text: &str) -> Result<ReadyMode, String> {
     match text.trim() {
         "notify" => Ok(ReadyMode::Notify),
@@ -325,7 +338,7 @@ pub fn parse_str(text: &str, file: &str) -> Result<Options, ConfigError> {
         o.ready = Some(check(&invalid, "ready", v, parse_ready)?);
     }
     if let Some(v) = &raw.ready_timeout {
-        o.ready_timeout = Some(check(&invalid, "ready_timeout", v, duration::parse)?);
+        o.ready_timeout = Some(check(&invalid, "ready_timeout", v, parse_ready_timeout)?);
     }
     if let Some(v) = &raw.drain_timeout {
         o.drain_timeout = Some(check(&invalid, "drain_timeout", v, duration::parse)?);

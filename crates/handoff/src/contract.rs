@@ -6,7 +6,8 @@
 //! - `NOTIFY_SOCKET`: its own notify socket;
 //! - `HANDOFF_GENERATION`, `HANDOFF_WORKER` (the slot);
 //! - with `user =`: `USER`, `LOGNAME`, `HOME` of that user;
-//! - everything else of handoff's own environment, except what [`HANDOFF_ONLY`] names.
+//! - everything else of handoff's own environment, except what [`HANDOFF_ONLY`] and
+//!   [`MAIN_PROCESS_ONLY`] name.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -20,6 +21,27 @@ pub const HANDOFF_ONLY: &[&str] = &[
     "LISTEN_PID",
     "LISTEN_FDS",
     "LISTEN_FDNAMES",
+];
+
+/// What systemd gives the service's main process (handoff) alone; a worker must not act on
+/// them, so they are not passed on (hooks, run for the operator, still get them):
+///
+/// - `WATCHDOG_USEC`, `WATCHDOG_PID`: handoff pings systemd; a worker library that saw them
+///   would ping handoff's notify socket for nothing, or believe it is watched.
+/// - `SYSTEMD_EXEC_PID`: handoff's pid, not the worker's.
+/// - `FDSTORE`: the fd store is handoff's (a worker's `FDSTORE=1` is dropped).
+/// - `RUNTIME_DIRECTORY`: handoff's runtime dir (`RuntimeDirectory=handoff-APP`): its control
+///   socket and the notify sockets live there, and nothing of the app should.
+///
+/// Kept, because they describe the service every process of it belongs to:
+/// `INVOCATION_ID` (journal correlation), `CREDENTIALS_DIRECTORY` (the app's `LoadCredential=`),
+/// `STATE_DIRECTORY` and the other per-app directories, `MEMORY_PRESSURE_*`, `JOURNAL_STREAM`.
+pub const MAIN_PROCESS_ONLY: &[&str] = &[
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "SYSTEMD_EXEC_PID",
+    "FDSTORE",
+    "RUNTIME_DIRECTORY",
 ];
 
 /// Variables handoff sets per worker; inherited values of them are dropped.
@@ -57,6 +79,7 @@ impl WorkerEnv<'_> {
             .filter(|(k, _)| {
                 let k = k.to_str().unwrap_or_default();
                 let replaced = PER_WORKER.contains(&k)
+                    || MAIN_PROCESS_ONLY.contains(&k)
                     || (self.journal && k == "JOURNAL_STREAM")
                     || (self.credentials.is_some() && matches!(k, "USER" | "LOGNAME" | "HOME"));
                 !replaced
@@ -95,6 +118,9 @@ mod tests {
             ("LISTEN_FDS", "9"),
             ("JOURNAL_STREAM", "1:2"),
             ("HOME", "/root"),
+            ("WATCHDOG_USEC", "30000000"),
+            ("RUNTIME_DIRECTORY", "/run/handoff-app"),
+            ("INVOCATION_ID", "abc"),
         ]
         .iter()
         .map(|(k, v)| (k.into(), v.into()))
@@ -129,5 +155,8 @@ mod tests {
             "the child sets its own"
         );
         assert!(get(&env, "LISTEN_PID").is_empty(), "the child sets its own");
+        assert!(get(&env, "WATCHDOG_USEC").is_empty());
+        assert!(get(&env, "RUNTIME_DIRECTORY").is_empty());
+        assert_eq!(get(&env, "INVOCATION_ID"), ["abc"]);
     }
 }

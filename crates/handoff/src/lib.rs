@@ -27,4 +27,4 @@ pub mod render;
 pub mod spawn;
 pub mod supervisor;
 
-pub use handoff_common::{duration, exit, paths, protocol, release};
+pub use handoff_common::{duration, exit, paths, protocol, release, text};

@@ -12,6 +12,7 @@ use handoff::notify::SystemdNotifier;
 use handoff::paths;
 use handoff::protocol::{self, ClientError, Request, Response};
 use handoff::supervisor::{self, Runtime};
+use handoff::text::printable;
 
 /// What `main` captured from the environment before anything else ran.
 struct Inherited {
@@ -260,7 +261,7 @@ fn raise_fd_limit() -> Option<(u64, u64)> {
 }
 
 fn client_error(e: ClientError) -> i32 {
-    eprintln!("handoff: {e}");
+    eprintln!("handoff: {}", printable(&e.to_string()));
     e.exit_code()
 }
 
@@ -268,10 +269,15 @@ fn reload(path: PathBuf, if_changed: bool) -> i32 {
     match protocol::request(&path, &Request::Reload { if_changed }, None) {
         Ok(Response::Reload(r)) => {
             if r.outcome.success() {
-                println!("{}", r.message);
+                // The message can quote a release's version or a worker's STATUS=.
+                println!("{}", printable(&r.message));
                 0
             } else {
-                eprintln!("handoff: reload failed ({}): {}", r.outcome, r.message);
+                eprintln!(
+                    "handoff: reload failed ({}): {}",
+                    r.outcome,
+                    printable(&r.message)
+                );
                 exit::FAILED
             }
         }

@@ -1,9 +1,12 @@
 //! The sd_notify protocol, both ends.
 //!
-//! Server side: every worker gets a datagram socket of its own (`NOTIFY_SOCKET`); anything that
-//! arrives on it counts for that worker, whoever in the worker's process tree sent it (so
-//! `systemd-notify --ready` run by a Node.js worker works). The socket sits in a 0700 directory,
-//! so only handoff's user (and root) can reach it; sender credentials are checked as well.
+//! Server side: every worker gets a datagram socket of its own (`NOTIFY_SOCKET`) with an
+//! unguessable name ([`socket_name`]). A datagram counts for that worker only if the kernel's
+//! credentials (`SCM_CREDENTIALS`, which an unprivileged sender cannot forge) name an allowed
+//! user and a process of the worker's own tree ([`sender_in_tree`]): the worker, a process in its
+//! process group, a descendant, or a daemonized (`setsid`) descendant re-parented to handoff. So
+//! `systemd-notify --ready` run by a Node.js worker, or by a detached grandchild, works; another
+//! process of the same user (`user =` makes the directory 0711) is refused.
 //!
 //! Client side: [`SystemdNotifier`] speaks to the service manager for handoff itself. It does not
 //! use `sd_notify::notify` because that reads `NOTIFY_SOCKET` from the environment on every call,
@@ -18,6 +21,7 @@ use std::os::unix::net::{SocketAddr as StdUnixAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use handoff_common::text::printable;
 use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, sockopt};
 use sd_notify::NotifyState;
 
@@ -112,6 +116,96 @@ pub struct NotifySocket {
     path: PathBuf,
     /// Users whose datagrams count: root, handoff's own user, the worker's user.
     allowed_uids: Vec<u32>,
+    /// The worker's pid, once spawned: datagrams count only from its process tree.
+    owner: i32,
+}
+
+/// A fresh notify socket file name: 128 random bits, fixed length. Nobody can guess a
+/// starting worker's socket, and the path does not grow with generations or restarts.
+pub fn socket_name() -> io::Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(io::Error::other)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// (ppid, process group, session) of `pid`, from `/proc/PID/stat`.
+fn proc_stat(pid: i32) -> Option<(i32, i32, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(1);
+    let mut next = || fields.next()?.parse::<i32>().ok();
+    Some((next()?, next()?, next()?))
+}
+
+/// A legitimate sender that did not wait (`systemd-notify` before systemd 246, e.g. RHEL 8,
+/// exits right after sending) looks like this too: say so where an operator looks, at most
+/// every 10 s (a loop of senders that exit must not flood the log).
+fn warn_unplaced(why: &str) {
+    use std::sync::Mutex;
+    use std::time::Instant;
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+        *last = Some(Instant::now());
+        tracing::warn!(
+            "notify datagram dropped: {why}. A worker must send from a process that is still running when handoff reads it (systemd-notify from systemd 246 on waits by default; older ones do not)"
+        );
+    }
+}
+
+/// Whether `sender` (a pid the kernel vouched for) belongs to the process tree of `worker`, a
+/// child of `supervisor` (handoff, the child subreaper). Walks the parent chain up from the
+/// sender, as `/proc` shows it now:
+///
+/// - the worker itself, any process in its process group (workers lead their own group, and
+///   only processes of handoff's session can join it), or any descendant: yes;
+/// - a chain that reaches handoff through another child: that child is another worker or a
+///   hook (no: they never lead a session), or a descendant of some worker whose parent exited,
+///   re-parented to handoff. Those that `setsid()`ed (`spawn({detached: true})`, a daemon's
+///   double fork) count; they can only descend from handoff's own children.
+///
+/// A process of the same user outside handoff's tree is refused, and so is a sender that has
+/// already exited (nothing tells whose it was; systemd drops those too). `systemd-notify`
+/// waits for the receiver by default (`BARRIER=1`), so it is still there when checked.
+pub fn sender_in_tree(sender: i32, worker: i32, supervisor: i32) -> Result<(), String> {
+    if sender <= 0 || worker <= 0 {
+        return Err(format!(
+            "sender pid {sender} unknown (another pid namespace?)"
+        ));
+    }
+    let mut pid = sender;
+    // A bound, not a real limit: pid chains are short, and /proc cannot loop.
+    for _ in 0..4096 {
+        if pid == worker {
+            return Ok(());
+        }
+        let Some((ppid, pgid, sid)) = proc_stat(pid) else {
+            let why = format!(
+                "sender pid {sender} exited before it could be checked; cannot tell whose it was"
+            );
+            warn_unplaced(&why);
+            return Err(why);
+        };
+        if pgid == worker {
+            return Ok(());
+        }
+        if ppid == supervisor {
+            return if sid == pid {
+                Ok(())
+            } else {
+                Err(format!(
+                    "sender pid {sender} belongs to handoff's child {pid}, not to worker {worker}"
+                ))
+            };
+        }
+        if ppid <= 1 {
+            return Err(format!(
+                "sender pid {sender} is not in worker {worker}'s process tree"
+            ));
+        }
+        pid = ppid;
+    }
+    Err(format!("sender pid {sender}: parent chain too long"))
 }
 
 impl NotifySocket {
@@ -130,7 +224,13 @@ impl NotifySocket {
             sock: tokio::net::UnixDatagram::from_std(sock)?,
             path: path.to_path_buf(),
             allowed_uids,
+            owner: 0,
         })
+    }
+
+    /// The worker this socket is for, once forked: until then nothing counts.
+    pub fn set_owner(&mut self, pid: i32) {
+        self.owner = pid;
     }
 
     pub fn path(&self) -> &Path {
@@ -144,7 +244,7 @@ impl NotifySocket {
             self.sock.readable().await?;
             let fd = self.sock.as_raw_fd();
             match self.sock.try_io(tokio::io::Interest::READABLE, || {
-                recv_one(fd, &self.allowed_uids)
+                recv_one(fd, &self.allowed_uids, self.owner)
             }) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 other => return other,
@@ -158,7 +258,7 @@ impl NotifySocket {
     /// the socket directly, not through the runtime's readiness cache, so it also sees what
     /// arrived while handoff was stopped and the runtime has not been told about yet.
     pub fn try_recv(&self) -> io::Result<Option<Received>> {
-        match recv_one(self.sock.as_raw_fd(), &self.allowed_uids) {
+        match recv_one(self.sock.as_raw_fd(), &self.allowed_uids, self.owner) {
             Ok(r) => Ok(Some(r)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
@@ -172,7 +272,7 @@ impl Drop for NotifySocket {
     }
 }
 
-fn recv_one(fd: i32, allowed_uids: &[u32]) -> io::Result<Received> {
+fn recv_one(fd: i32, allowed_uids: &[u32], owner: i32) -> io::Result<Received> {
     // One byte more than the limit: with MSG_TRUNC the kernel reports the real length anyway.
     let mut buf = [0u8; MAX_DATAGRAM + 1];
     let mut cmsg = nix::cmsg_space!(libc::ucred, [std::os::fd::RawFd; MAX_FDS]);
@@ -201,14 +301,20 @@ fn recv_one(fd: i32, allowed_uids: &[u32]) -> io::Result<Received> {
             "control data truncated (too many fds passed); closed {fds_closed}"
         )));
     }
-    if let Some(c) = &creds {
-        if !allowed_uids.contains(&c.uid()) {
-            return Ok(Received::Dropped(format!(
-                "sender pid {} uid {} is not allowed to notify for this worker",
-                c.pid(),
-                c.uid()
-            )));
-        }
+    // With SO_PASSCRED the kernel always attaches credentials; without them, nothing counts.
+    let Some(c) = &creds else {
+        return Ok(Received::Dropped("no sender credentials".into()));
+    };
+    if !allowed_uids.contains(&c.uid()) {
+        return Ok(Received::Dropped(format!(
+            "sender pid {} uid {} is not allowed to notify for this worker",
+            c.pid(),
+            c.uid()
+        )));
+    }
+    // Checked now, while the sender most likely still runs (the datagram was just queued).
+    if let Err(why) = sender_in_tree(c.pid(), owner, std::process::id() as i32) {
+        return Ok(Received::Dropped(why));
     }
     if fds_closed > 0 {
         tracing::debug!(fds_closed, "closed fds passed with a notify datagram");
@@ -256,11 +362,32 @@ impl SystemdNotifier {
         let Some((sock, addr)) = &self.target else {
             return;
         };
-        let text: String = states.iter().map(|s| format!("{s}\n")).collect();
+        let text = datagram(states);
         if let Err(e) = sock.send_to_addr(text.as_bytes(), addr) {
             tracing::warn!("cannot notify systemd: {e}");
         }
     }
+}
+
+/// The datagram for `states`: one `KEY=VALUE` line each. Values are made [`printable`]: a
+/// `STATUS=` carries a release's version and text from workers, and a newline in it would be
+/// read by systemd as an assignment of its own (`WATCHDOG_USEC=`, `MAINPID=`). This is the one
+/// place handoff's words go to systemd, so the escaping is here, for every field.
+fn datagram(states: &[NotifyState]) -> String {
+    let mut text = String::new();
+    for state in states {
+        let line = state.to_string();
+        match line.split_once('=') {
+            Some((key, value)) => {
+                text.push_str(key);
+                text.push('=');
+                text.push_str(&printable(value));
+            }
+            None => text.push_str(&printable(&line)),
+        }
+        text.push('\n');
+    }
+    text
 }
 
 #[cfg(test)]
@@ -305,7 +432,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("w.sock");
         let me = nix::unistd::getuid().as_raw();
-        let sock = NotifySocket::bind(&path, vec![0, me]).unwrap();
+        let mut sock = NotifySocket::bind(&path, vec![0, me]).unwrap();
+        // This process plays the worker.
+        sock.set_owner(std::process::id() as i32);
         let tx = UnixDatagram::unbound().unwrap();
 
         tx.send_to(b"READY=1\nSTATUS=up", &path).unwrap();
@@ -354,6 +483,85 @@ mod tests {
         drop(sock);
         assert!(!path.exists(), "socket file removed on drop");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_the_workers_process_tree_may_notify() {
+        use std::process::Command;
+        let me = std::process::id() as i32;
+        let parent = nix::unistd::getppid().as_raw();
+        let sleep = |setsid: bool| {
+            let mut c = if setsid {
+                let mut c = Command::new("setsid");
+                c.arg("sleep");
+                c
+            } else {
+                Command::new("sleep")
+            };
+            c.arg("30").spawn().unwrap()
+        };
+        let mut child = sleep(false);
+        let mut other = sleep(false);
+        let mut daemon = sleep(true);
+        let (c, o, d) = (child.id() as i32, other.id() as i32, daemon.id() as i32);
+        // setsid(1) execs in place once it leads its session.
+        assert!(
+            wait(|| super::proc_stat(d).is_some_and(|(_, _, sid)| sid == d)),
+            "setsid sleep did not become a session leader"
+        );
+        // The worker itself, and its descendants (here the worker is this test process).
+        assert_eq!(sender_in_tree(me, me, parent), Ok(()));
+        assert_eq!(sender_in_tree(c, me, parent), Ok(()));
+        // This process as handoff: `other` is another of its children, not the worker's.
+        let e = sender_in_tree(c, o, me).unwrap_err();
+        assert!(e.contains("not to worker"), "{e}");
+        // A session leader re-parented to handoff: a daemonized descendant of some worker.
+        assert_eq!(sender_in_tree(d, o, me), Ok(()));
+        // Outside handoff's tree altogether (pid 1's chain ends at 0).
+        assert!(sender_in_tree(1, o, me).is_err());
+        assert!(sender_in_tree(0, o, me).is_err());
+        for p in [&mut child, &mut other, &mut daemon] {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        // A sender that is gone cannot be placed.
+        let e = sender_in_tree(c, o, me).unwrap_err();
+        assert!(e.contains("exited"), "{e}");
+    }
+
+    fn wait(mut cond: impl FnMut() -> bool) -> bool {
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    #[test]
+    fn socket_names_are_random_and_fixed_length() {
+        let a = socket_name().unwrap();
+        let b = socket_name().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn values_sent_to_systemd_stay_on_their_line() {
+        let text = datagram(&[
+            NotifyState::Ready,
+            NotifyState::Status(
+                "gen 1; version 1.2.3\nWATCHDOG_USEC=1000000\nMAINPID=1\r\u{1b}[2J",
+            ),
+        ]);
+        assert_eq!(
+            text,
+            "READY=1\nSTATUS=gen 1; version 1.2.3\\nWATCHDOG_USEC=1000000\\nMAINPID=1\\r\\u{1b}[2J\n"
+        );
+        assert_eq!(text.lines().count(), 2);
     }
 
     #[test]

@@ -1,10 +1,13 @@
-//! Human-readable `handoff status`.
+//! Human-readable `handoff status`. Text that came from a release or a worker (a version, a
+//! `STATUS=`, a rollover's message) is shown through [`printable`]: an ESC in a worker's status
+//! must not repaint the operator's terminal. `--json` carries the raw values instead.
 
 use std::fmt::Write;
 use std::time::Duration;
 
 use crate::duration::human;
 use crate::protocol::StatusReport;
+use crate::text::printable;
 
 fn ago(ms: u64) -> String {
     human(Duration::from_millis(ms))
@@ -26,7 +29,7 @@ pub fn status(r: &StatusReport) -> String {
             ""
         }
     );
-    let _ = writeln!(o, "sockets: {}", r.listeners.join(", "));
+    let _ = writeln!(o, "sockets: {}", printable(&r.listeners.join(", ")));
     for g in &r.generations {
         let tag = if g.number == r.current_generation {
             " (current)"
@@ -37,15 +40,16 @@ pub fn status(r: &StatusReport) -> String {
         };
         let version = match &g.version {
             Some(v) => match (&v.version, &v.error) {
-                (_, Some(e)) => format!("; version file: {e}"),
+                (_, Some(e)) => format!("; version file: {}", printable(e)),
                 (Some(ver), None) => format!(
-                    "; version {ver} (sha256 {})",
-                    &v.hash[..12.min(v.hash.len())]
+                    "; version {} (sha256 {})",
+                    printable(ver),
+                    printable(v.hash.get(..12).unwrap_or(&v.hash))
                 ),
                 (None, None) => format!(
                     "; {} sha256 {}",
-                    v.path.display(),
-                    &v.hash[..12.min(v.hash.len())]
+                    printable(&v.path.display().to_string()),
+                    printable(v.hash.get(..12).unwrap_or(&v.hash))
                 ),
             },
             None => String::new(),
@@ -62,11 +66,11 @@ pub fn status(r: &StatusReport) -> String {
                 "  worker {:<3} pid {:<8} {:<9} age {}{}",
                 w.slot,
                 w.pid,
-                w.state,
+                printable(&w.state),
                 ago(w.age_ms),
                 w.status
                     .as_ref()
-                    .map(|s| format!("  \"{s}\""))
+                    .map(|s| format!("  \"{}\"", printable(s)))
                     .unwrap_or_default()
             );
         }
@@ -102,7 +106,7 @@ pub fn status(r: &StatusReport) -> String {
                 l.outcome,
                 ago(l.duration_ms),
                 ago(l.ago_ms),
-                l.message
+                printable(&l.message)
             );
         }
         None => o.push_str("last rollover: none yet\n"),

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use handoff_common::paths;
 use handoff_common::protocol::{ReloadReply, StatusReport, VersionInfo};
 use handoff_common::release;
+use handoff_common::text::printable;
 use nix::sys::signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -290,7 +291,7 @@ impl Executor {
             Received::Dropped(why) => debug!(worker, "notify datagram dropped: {why}"),
             Received::Message { msg, .. } => {
                 if let Some(s) = &msg.status {
-                    debug!(worker, "status: {s}");
+                    debug!(worker, "status: {}", printable(s));
                 }
                 self.queue.push_back(Input::Notify { worker, msg });
             }
@@ -414,10 +415,12 @@ impl Executor {
                 p
             }
         };
-        let sock_path = notify_socket_path(&self.notify_dir, worker);
-        let socket = self
-            .notify_socket(&sock_path)
-            .map_err(|error| SpawnError { error, ours: true })?;
+        // Unguessable (only this worker is told the name) and of a fixed length, so the
+        // longest path is known at start (`check_notify_dir`).
+        let ours = |error| SpawnError { error, ours: true };
+        let name = crate::notify::socket_name().map_err(|e| ours(format!("getrandom: {e}")))?;
+        let sock_path = self.notify_dir.join(name);
+        let mut socket = self.notify_socket(&sock_path).map_err(ours)?;
         let journal = self.journal_unit.as_ref().map(|unit| {
             // `node@g7`: journalctl shows it as the line's identifier, with the worker's pid.
             let base = program
@@ -459,6 +462,8 @@ impl Executor {
                 ours,
             }
         })?;
+        // Datagrams count only from this worker's process tree (`notify::sender_in_tree`).
+        socket.set_owner(pid.as_raw());
         let socket = Arc::new(socket);
         let reader = socket.clone();
         let tx = self.notify_tx.clone();
@@ -628,17 +633,12 @@ impl SpawnError {
     }
 }
 
-/// A worker's notify socket: a fixed-length name per worker, so the longest path is known at
-/// start (see [`check_notify_dir`]) and no counter can outgrow `sun_path` later.
-pub fn notify_socket_path(dir: &Path, worker: WorkerId) -> PathBuf {
-    dir.join(format!("{worker:016x}"))
-}
-
 /// Refuses a runtime dir whose notify sockets would not fit a unix socket address.
 pub fn check_notify_dir(dir: &Path) -> Result<(), String> {
     // sun_path holds 108 bytes, with the terminating NUL.
     const SUN_PATH: usize = 108;
-    let longest = notify_socket_path(dir, u64::MAX);
+    // Names are 32 hex digits (`notify::socket_name`), whatever the number of rollovers.
+    let longest = dir.join("f".repeat(32));
     let len = longest.as_os_str().len();
     if len >= SUN_PATH {
         return Err(format!(
@@ -680,7 +680,8 @@ fn emit(log: &Log) {
     let g = log.generation.unwrap_or_default();
     let w = log.slot.unwrap_or_default();
     let pid = log.pid.unwrap_or_default();
-    let m = &log.message;
+    // Messages quote versions and workers' STATUS= text: no control characters in the log.
+    let m = printable(&log.message);
     macro_rules! ev {
         ($mac:ident) => {
             match (log.generation, log.slot, log.pid) {
