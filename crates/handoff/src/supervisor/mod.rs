@@ -28,4 +28,6 @@ pub struct Runtime {
     pub control_path: PathBuf,
     /// Who workers run as, when `user =` is set.
     pub credentials: Option<Credentials>,
+    /// `status_group`'s gid: serve the read-only status.sock to it.
+    pub status_gid: Option<u32>,
 }
