@@ -2,6 +2,7 @@
 //! loopback. Build the binaries first (`cargo build --workspace --bins`; tests/run.sh does).
 
 mod harness;
+mod operator;
 mod robustness;
 mod rollover;
 mod systemd_protocol;

@@ -234,6 +234,8 @@ pub fn reload(
     idle: Option<Duration>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Response, ClientError> {
+    // Never shorter than two progress intervals: a live handoff must not look silent.
+    let idle = idle.map(|d| d.max(2 * PROGRESS_EVERY));
     match request_with_progress(
         path,
         &Request::ReloadKeepalive { if_changed },

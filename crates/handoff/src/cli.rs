@@ -281,7 +281,7 @@ pub struct ClientArgs {
     pub app: Option<String>,
     /// Give up (exit 75) when handoff sends nothing for this long (stopped, or its loop
     /// stuck); 0s waits forever. A reload hears from a live handoff every 2 s however long
-    /// the rollover takes, so this bounds silence, not the rollover.
+    /// the rollover takes, so this bounds silence, not the rollover (for reload at least 4 s).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse)]
     pub timeout: Duration,
 }
