@@ -4,7 +4,11 @@
 //! A unix stream socket (mode 0600, in the 0700 runtime dir). One request per connection, one
 //! line of JSON each way: `{"cmd":"reload","if_changed":false}` or `{"cmd":"status"}`. A reload
 //! answer comes only when the rollover that covers the request has ended (bounded by the
-//! ready timeout). The server side lives in `handoff::control`.
+//! ready timeout). `{"cmd":"reload-keepalive"}` is a reload whose connection also carries a
+//! `{"progress":"..."}` line every [`PROGRESS_EVERY`] before the answer, so clients can time out
+//! on silence (a stopped handoff) instead of on the rollover's length. With `status_group`, a
+//! second socket `status.sock` (0660) answers `status` only. The server side lives in
+//! `handoff::control`.
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Write};
