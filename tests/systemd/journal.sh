@@ -19,7 +19,7 @@ t_journal_priorities() {
   if grep -q 'crashing at start' <<<"$errs"; then bad "journal: the worker's plain stderr was filed at err"
   else ok "journal: the crashed worker's plain output is not raised to err"; fi
   # One slot followed across generations: identifier PROGRAM@wSLOT, several pids over rollovers.
-  pids=$(sx journalctl --no-pager -o json -u $u -t example-worker@w0 | grep -o '"_PID":"[0-9]*"' | sort -u | wc -l)
-  if [ "$pids" -ge 2 ]; then ok "journal: -t example-worker@w0 follows slot 0 across $pids worker pids (generations)"
-  else bad "journal: -t example-worker@w0 shows $pids pid(s); expected one per generation"; fi
+  pids=$(sx journalctl --no-pager -o json -u $u -t handoff-example-worker@w0 | grep -o '"_PID":"[0-9]*"' | sort -u | wc -l)
+  if [ "$pids" -ge 2 ]; then ok "journal: -t handoff-example-worker@w0 follows slot 0 across $pids worker pids (generations)"
+  else bad "journal: -t handoff-example-worker@w0 shows $pids pid(s); expected one per generation"; fi
 }

@@ -126,7 +126,25 @@ pub fn write_man_page(dir: &std::path::Path) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join("handoff-trigger.1");
     let mut out = Vec::new();
-    clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+    let man = clap_mangen::Man::new(Cli::command());
+    man.render_title(&mut out)?;
+    man.render_name_section(&mut out)?;
+    man.render_synopsis_section(&mut out)?;
+    man.render_description_section(&mut out)?;
+    man.render_options_section(&mut out)?;
+    // The one exit table of both binaries (handoff_common::exit), as in handoff(1).
+    let esc = |t: &str| t.replace('\\', "\\\\").replace('-', "\\-");
+    let mut extra = String::from(
+        ".SH EXAMPLES\n.TP\n\\fBhandoff\\-trigger \\-\\-app shop /opt/shop/package.json\\fR\n\
+         What handoff\\-trigger@shop.service runs when the .path unit sees a change.\n\
+         .SH \"EXIT STATUS\"\n",
+    );
+    for (code, meaning) in handoff_common::exit::TABLE {
+        extra.push_str(&format!(".TP\n\\fB{code}\\fR\n{}\n", esc(meaning)));
+    }
+    extra.push_str(".SH \"SEE ALSO\"\nhandoff(1), handoff\\-reload(1), systemd.path(5)\n");
+    out.extend_from_slice(extra.as_bytes());
+    man.render_version_section(&mut out)?;
     std::fs::write(&path, out)?;
     Ok(path)
 }

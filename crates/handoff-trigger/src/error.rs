@@ -37,10 +37,11 @@ pub enum TriggerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("`handoff reload` did not finish within {0:?}; killed it (raise --reload-timeout?)")]
+    #[error("`handoff reload` did not finish within {}; killed it (raise --reload-timeout?)", handoff_common::duration::human(*.0))]
     ReloadTimeout(Duration),
     #[error(
-        "{dir} kept changing for {waited:?} (or the rpm lock stayed held); not rolling over onto a half-installed release (raise --max-wait, or --exclude directories the app writes to)"
+        "{dir} kept changing for {} (or the rpm lock stayed held); not rolling over onto a half-installed release (raise --max-wait, or --exclude directories the app writes to)",
+        handoff_common::duration::human(*.waited)
     )]
     NotSettled { dir: PathBuf, waited: Duration },
     #[error("cannot watch {dir}: {source}")]

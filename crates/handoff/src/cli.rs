@@ -164,6 +164,7 @@ pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<std::path::
         let path = dir.join(format!("{name}.1"));
         let mut out = Vec::new();
         // The title names the page (handoff-run); the synopsis the command (handoff run).
+        let has_version = c.get_version().is_some();
         let man = clap_mangen::Man::new(c.name(name.clone()).bin_name(bin));
         man.render_title(&mut out)?;
         man.render_name_section(&mut out)?;
@@ -172,7 +173,9 @@ pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<std::path::
         man.render_options_section(&mut out)?;
         man.render_subcommands_section(&mut out)?;
         out.extend_from_slice(man_sections(&name).as_bytes());
-        man.render_version_section(&mut out)?;
+        if has_version {
+            man.render_version_section(&mut out)?;
+        }
         std::fs::write(&path, out)?;
         written.push(path);
         Ok(())

@@ -123,8 +123,8 @@ pub fn status(r: &StatusReport) -> String {
     if r.forced_kills > 0 {
         let _ = writeln!(
             o,
-            "workers SIGKILLed at the drain timeout since start: {} (raise --drain-timeout, or make the app finish its requests on {})",
-            r.forced_kills, "the drain signal"
+            "workers SIGKILLed at the drain timeout since start: {} (raise --drain-timeout, or make the app finish its requests on the drain signal)",
+            r.forced_kills
         );
     }
     if r.log_lines_dropped > 0 {
