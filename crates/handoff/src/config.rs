@@ -348,10 +348,12 @@ pub fn parse_str(text: &str, file: &str) -> Result<Options, ConfigError> {
     if let Some(w) = &raw.workers {
         let n = match w.get_ref() {
             Count::Number(n) => Ok(*n),
-            Count::Text(t) => Err(format!(
-                "{t:?} is a string: write the number without quotes (workers = {})",
-                t.trim()
-            )),
+            Count::Text(t) => Err(match t.trim().parse::<i64>() {
+                Ok(n) => {
+                    format!("{t:?} is a string: write the number without quotes (workers = {n})")
+                }
+                Err(_) => format!("expected a whole number (workers = 2), not the string {t:?}"),
+            }),
             Count::Other(v) => Err(format!(
                 "expected a whole number (workers = 2), not a {}",
                 v.type_str()
@@ -489,7 +491,12 @@ group = "app"
         );
         let e = err("workers = \"two\"\n");
         assert!(
-            e.starts_with("app.toml:1: key `workers`: invalid type"),
+            e.starts_with("app.toml:1: key `workers`: expected a whole number"),
+            "{e}"
+        );
+        let e = err("workers = \"2\"\n");
+        assert!(
+            e.contains("without quotes (workers = 2)") && !e.contains("i64"),
             "{e}"
         );
         assert!(err("workers = 0").starts_with("app.toml:1: key `workers`: worker count 0"));
