@@ -4,6 +4,7 @@
 mod faults;
 mod harness;
 mod hostile;
+mod operator;
 mod robustness;
 mod rollover;
 mod systemd_protocol;

@@ -210,7 +210,10 @@ fn bad_config_files_exit_78_naming_file_line_and_key() {
             "workers = 2\nworkerz = 3\n",
             ":2: key `workerz`: unknown field `workerz`",
         ),
-        ("workers = \"many\"\n", ":1: key `workers`: invalid type"),
+        (
+            "workers = \"many\"\n",
+            ":1: key `workers`: expected a whole number",
+        ),
         (
             "listen = [\"127.0.0.1:0\"]\ncommand = []\n",
             ":2: key `command`: empty command",
@@ -734,13 +737,47 @@ fn secrets_in_the_environment_stay_out_of_the_logs() {
 
 #[test]
 fn under_journald_log_lines_carry_no_timestamp() {
+    // Under journald means: JOURNAL_STREAM names handoff's stderr (dev:ino). The harness writes
+    // stderr to a fresh file; a stream variable that does not match it (inherited from a
+    // parent) must not count, so this run is timestamped...
     let mut h = start_fixture("journal", &[], vec![("JOURNAL_STREAM", "8:12345".into())]);
     assert!(h.stop().success());
-    let log = h.log();
+    let first = h.log().lines().next().expect("some log output").to_string();
+    assert!(
+        first.contains("Z INFO handoff starting"),
+        "an inherited JOURNAL_STREAM was taken for ours: {first:?}"
+    );
+    // ... and one whose dev:ino is the stderr file gets sd-daemon priority prefixes instead.
+    let dir = TempDir::new("journal-match");
+    let logf = dir.path().join("stderr.log");
+    let file = std::fs::File::create(&logf).unwrap();
+    let meta = std::os::unix::fs::MetadataExt::dev(&file.metadata().unwrap());
+    let ino = std::os::unix::fs::MetadataExt::ino(&file.metadata().unwrap());
+    let mut child = Command::new(handoff_bin())
+        .args(["run", "--listen", "127.0.0.1:0", "--runtime-dir"])
+        .arg(dir.path().join("rt"))
+        .arg("--")
+        .args(fixture())
+        .env("FIXTURE_MODE", "ready")
+        .env("JOURNAL_STREAM", format!("{meta}:{ino}"))
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&logf).is_ok_and(|l| l.contains("worker ready"))
+    }));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    assert!(wait_child(&mut child, Duration::from_secs(30)).is_some_and(|s| s.success()));
+    let log = std::fs::read_to_string(&logf).unwrap();
     let first = log.lines().next().expect("some log output");
     assert!(
-        first.trim_start().starts_with("INFO"),
-        "timestamped under journald: {first:?}"
+        first.starts_with("<6>INFO handoff starting"),
+        "no priority prefix (or a timestamp) under journald: {first:?}"
     );
     assert!(
         !log.contains("\u{1b}["),

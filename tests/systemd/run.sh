@@ -542,6 +542,8 @@ t_reloads
 t_broken
 t_trigger
 t_journal
+# issue 14: priorities and per-slot tags (journal.sh)
+. "$here/journal.sh"; t_journal_priorities
 t_kill9
 t_stop
 t_notify_reload

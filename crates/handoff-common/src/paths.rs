@@ -4,6 +4,7 @@
 //! - runtime dir: `--runtime-dir`, else `$RUNTIME_DIRECTORY` (systemd's `RuntimeDirectory=`),
 //!   else `$XDG_RUNTIME_DIR/handoff`, else `/run/handoff` (root) or `/tmp/handoff-UID`;
 //! - control socket: `--control`, else `RUNTIME_DIR/control.sock`;
+//! - read-only status socket (with `status_group`): `status.sock` next to the control socket;
 //! - notify sockets of the workers: `RUNTIME_DIR/notify-XXXXXXXX/`, one dir per control
 //!   socket, so two handoffs sharing a runtime dir never touch each other's;
 //! - the `handoff@APP` units: runtime dir `/run/handoff-APP`, config `/etc/handoff/APP.toml`.
@@ -12,6 +13,14 @@ use std::path::{Path, PathBuf};
 
 /// The control socket's file name inside a runtime dir.
 pub const CONTROL_SOCKET: &str = "control.sock";
+
+/// The read-only status socket's file name (next to the control socket; `status_group`).
+pub const STATUS_SOCKET: &str = "status.sock";
+
+/// The read-only status socket that goes with a control socket: same directory.
+pub fn status_beside(control: &Path) -> PathBuf {
+    control.with_file_name(STATUS_SOCKET)
+}
 
 /// The runtime dir of `handoff@APP.service` (its `RuntimeDirectory=handoff-%i`).
 pub fn app_runtime_dir(app: &str) -> PathBuf {

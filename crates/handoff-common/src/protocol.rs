@@ -4,7 +4,11 @@
 //! A unix stream socket (mode 0600, in the 0700 runtime dir). One request per connection, one
 //! line of JSON each way: `{"cmd":"reload","if_changed":false}` or `{"cmd":"status"}`. A reload
 //! answer comes only when the rollover that covers the request has ended (bounded by the
-//! ready timeout). The server side lives in `handoff::control`.
+//! ready timeout). `{"cmd":"reload-keepalive"}` is a reload whose connection also carries a
+//! `{"progress":"..."}` line every [`PROGRESS_EVERY`] before the answer, so clients can time out
+//! on silence (a stopped handoff) instead of on the rollover's length. With `status_group`, a
+//! second socket `status.sock` (0660) answers `status` only. The server side lives in
+//! `handoff::control`.
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Write};
@@ -28,7 +32,17 @@ pub enum Request {
         if_changed: bool,
     },
     Status,
+    /// A reload whose connection carries [`Response::Progress`] lines every
+    /// [`PROGRESS_EVERY`] until the answer, so a client can tell a long rollover from a stopped
+    /// handoff and time out on silence rather than on the rollover's length.
+    ReloadKeepalive {
+        #[serde(default)]
+        if_changed: bool,
+    },
 }
+
+/// How often a `reload-keepalive` connection hears from handoff while the rollover runs.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// How a reload ended.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -72,6 +86,12 @@ pub struct ReloadReply {
     pub generation: u64,
     pub message: String,
     pub duration_ms: u64,
+    /// Things the caller should know that did not make the reload fail: workers of an earlier
+    /// rollover that were SIGKILLed at the drain timeout (requests they held were cut) since the
+    /// previous reload answer. The drain of *this* rollover ends after this answer; its kills
+    /// are in `handoff status` and come with the next answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The recorded identity of what a generation was started from (the app's `package.json`).
@@ -111,6 +131,10 @@ pub struct RolloverStatus {
     pub message: String,
     pub duration_ms: u64,
     pub ago_ms: u64,
+    /// Workers this rollover drained that had to be SIGKILLed at the drain timeout: whatever
+    /// requests they still held were cut. Counted as the drain goes on (after the answer).
+    #[serde(default)]
+    pub forced_kills: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -138,6 +162,12 @@ pub struct StatusReport {
     pub queued_reloads: usize,
     pub last_rollover: Option<RolloverStatus>,
     pub shutting_down: bool,
+    /// Workers SIGKILLed at the drain timeout since handoff started.
+    #[serde(default)]
+    pub forced_kills: u64,
+    /// handoff's own log lines dropped because its stderr was not writable (full pipe).
+    #[serde(default)]
+    pub log_lines_dropped: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,6 +176,8 @@ pub enum Response {
     Reload(ReloadReply),
     Status(Box<StatusReport>),
     Error(String),
+    /// A sign of life while a `reload-keepalive` waits: what the rollover is doing.
+    Progress(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,8 +188,9 @@ pub enum ClientError {
     )]
     NotRunning { path: String, source: io::Error },
     #[error(
-        "permission denied on {path}: the control socket is for root (and handoff's own user); \
-         run the command with sudo"
+        "permission denied on {path}: the control socket is for root (and handoff's own user): \
+         run the command with sudo; for `handoff status` without root, set `status_group` \
+         (--status-group) in the app's config and join that group"
     )]
     PermissionDenied { path: String },
     #[error("cannot reach handoff at {path}: {source}")]
@@ -192,6 +225,41 @@ pub fn request(
     req: &Request,
     timeout: Option<Duration>,
 ) -> Result<Response, ClientError> {
+    request_with_progress(path, req, timeout, &mut |_| {})
+}
+
+/// A reload that times out only when handoff goes silent for `idle` (stopped, or its loop
+/// blocked): it asks for progress lines, which a live handoff sends every [`PROGRESS_EVERY`]
+/// however long the rollover takes. A handoff too old to know `reload-keepalive` gets a plain
+/// reload without a timeout (what it always had). `progress` sees each progress line.
+pub fn reload(
+    path: &Path,
+    if_changed: bool,
+    idle: Option<Duration>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Response, ClientError> {
+    // Never shorter than two progress intervals: a live handoff must not look silent.
+    let idle = idle.map(|d| d.max(2 * PROGRESS_EVERY));
+    match request_with_progress(
+        path,
+        &Request::ReloadKeepalive { if_changed },
+        idle,
+        progress,
+    ) {
+        Err(ClientError::Refused(e)) if e.contains("reload-keepalive") => {
+            request_with_progress(path, &Request::Reload { if_changed }, None, progress)
+        }
+        other => other,
+    }
+}
+
+/// [`request`], with each progress line passed to `progress`.
+pub fn request_with_progress(
+    path: &Path,
+    req: &Request,
+    timeout: Option<Duration>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Response, ClientError> {
     let p = path.display().to_string();
     let mut stream = UnixStream::connect(path).map_err(|source| match source.kind() {
         io::ErrorKind::PermissionDenied => ClientError::PermissionDenied { path: p.clone() },
@@ -221,10 +289,20 @@ pub fn request(
     let mut line = serde_json::to_string(req).expect("requests serialize");
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(io_err)?;
+    let mut reader = BufReader::new(&stream);
     let mut answer = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut answer)
-        .map_err(io_err)?;
+    loop {
+        answer.clear();
+        reader.read_line(&mut answer).map_err(io_err)?;
+        // Signs of life: each one restarts the timeout (it bounds silence, not the rollover).
+        match serde_json::from_str::<Response>(&answer) {
+            Ok(Response::Progress(p)) => {
+                progress(&p);
+                continue;
+            }
+            _ => break,
+        }
+    }
     if answer.is_empty() {
         return Err(ClientError::Io {
             path: p,

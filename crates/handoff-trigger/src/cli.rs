@@ -14,11 +14,15 @@ use handoff_common::duration::parse as parse_duration;
 ///
 /// Waits until the directory holding VERSION_FILE (the app's package.json) has seen no change for
 /// --settle and no rpm transaction holds the rpm lock, checks that VERSION_FILE is a valid JSON
-/// object, then runs `handoff reload --if-changed`. Exit codes: 0 rolled over, unchanged, app not
-/// running or no VERSION_FILE; 1 rollover failed and rolled back; 65 invalid VERSION_FILE;
-/// 69 handoff unreachable; 75 did not settle in time; 70 other errors; 64 usage.
+/// object, then runs `handoff reload --if-changed`. A run where the app is not running or there is
+/// no VERSION_FILE exits 0.
 #[derive(Debug, Parser)]
-#[command(name = "handoff-trigger", version, args_override_self = true)]
+#[command(
+    name = "handoff-trigger",
+    version,
+    args_override_self = true,
+    after_help = format!("Exit status:\n{}", handoff_common::exit::table_text())
+)]
 pub struct Cli {
     /// The release's version file, e.g. /opt/APP/package.json; its directory is watched.
     #[arg(value_name = "VERSION_FILE", required_unless_present = "write_man")]
@@ -59,8 +63,17 @@ pub struct Cli {
     pub watch: bool,
 
     /// handoff's control socket (default: handoff's own default).
-    #[arg(long, value_name = "PATH", env = "HANDOFF_CONTROL")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "HANDOFF_CONTROL",
+        conflicts_with = "app"
+    )]
     pub control: Option<PathBuf>,
+
+    /// The app of the handoff@APP units: its control socket is /run/handoff-APP/control.sock.
+    #[arg(long, value_name = "APP")]
+    pub app: Option<String>,
 
     /// The handoff binary (default: `handoff` next to this binary, else from PATH).
     #[arg(long, value_name = "PATH", env = "HANDOFF_BIN")]
@@ -101,7 +114,10 @@ impl Cli {
             watch: self.watch,
             reloader: Reloader {
                 bin: self.handoff.unwrap_or_else(default_handoff_bin),
-                control: self.control.map(|c| cwd.join(c)),
+                control: self
+                    .control
+                    .map(|c| cwd.join(c))
+                    .or_else(|| self.app.as_deref().map(handoff_common::paths::app_control)),
                 timeout: self.reload_timeout,
                 wait_running: self.wait_running,
             },
@@ -116,7 +132,25 @@ pub fn write_man_page(dir: &std::path::Path) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join("handoff-trigger.1");
     let mut out = Vec::new();
-    clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+    let man = clap_mangen::Man::new(Cli::command());
+    man.render_title(&mut out)?;
+    man.render_name_section(&mut out)?;
+    man.render_synopsis_section(&mut out)?;
+    man.render_description_section(&mut out)?;
+    man.render_options_section(&mut out)?;
+    // The one exit table of both binaries (handoff_common::exit), as in handoff(1).
+    let esc = |t: &str| t.replace('\\', "\\\\").replace('-', "\\-");
+    let mut extra = String::from(
+        ".SH EXAMPLES\n.TP\n\\fBhandoff\\-trigger \\-\\-app shop /opt/shop/package.json\\fR\n\
+         What handoff\\-trigger@shop.service runs when the .path unit sees a change.\n\
+         .SH \"EXIT STATUS\"\n",
+    );
+    for (code, meaning) in handoff_common::exit::TABLE {
+        extra.push_str(&format!(".TP\n\\fB{code}\\fR\n{}\n", esc(meaning)));
+    }
+    extra.push_str(".SH \"SEE ALSO\"\nhandoff(1), handoff\\-reload(1), systemd.path(5)\n");
+    out.extend_from_slice(extra.as_bytes());
+    man.render_version_section(&mut out)?;
     std::fs::write(&path, out)?;
     Ok(path)
 }
@@ -175,6 +209,29 @@ mod tests {
             o.reloader.control,
             Some(PathBuf::from("/run/handoff-app/control.sock"))
         );
+    }
+
+    #[test]
+    fn app_names_the_units_socket_and_the_hints() {
+        let cli =
+            Cli::try_parse_from(["handoff-trigger", "--app", "shop", "/opt/shop/package.json"])
+                .unwrap();
+        let o = cli.into_options(std::path::Path::new("/")).unwrap();
+        assert_eq!(
+            o.reloader.control,
+            Some(PathBuf::from("/run/handoff-shop/control.sock"))
+        );
+        assert_eq!(
+            o.reloader.command_line("status"),
+            "handoff status --app shop"
+        );
+        let e = crate::error::TriggerError::RolledBack {
+            code: 1,
+            status: o.reloader.command_line("status"),
+            unit: o.reloader.unit(),
+        };
+        assert!(e.to_string().contains("`handoff status --app shop`"), "{e}");
+        assert!(e.to_string().contains("journalctl -u handoff@shop"), "{e}");
     }
 
     #[test]

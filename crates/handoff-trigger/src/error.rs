@@ -17,13 +17,18 @@ pub enum TriggerError {
     #[error(transparent)]
     InvalidRelease(ReleaseError),
     #[error(
-        "the rollover failed and handoff kept the old generation (`handoff reload` exited {code}); see `handoff status` and the app's journal"
+        "the rollover failed and handoff kept the old generation (`handoff reload` exited {code}); see `{status}` and `journalctl -u {unit} -p warning`"
     )]
-    RolledBack { code: i32 },
+    RolledBack {
+        code: i32,
+        /// The command that shows this handoff's status (`handoff status --app shop`).
+        status: String,
+        unit: String,
+    },
     #[error(
-        "handoff did not answer on its control socket (`handoff reload` exited {code}); is the app's service running? (systemctl status)"
+        "handoff did not answer on its control socket (`handoff reload` exited {code}); is the app's service running? (`systemctl status {unit}`)"
     )]
-    Unavailable { code: i32 },
+    Unavailable { code: i32, unit: String },
     #[error("`{bin} reload` failed: {detail}")]
     HandoffFailed { bin: PathBuf, detail: String },
     #[error("cannot run {bin}: {source}; pass --handoff PATH (or HANDOFF_BIN)")]
@@ -32,10 +37,11 @@ pub enum TriggerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("`handoff reload` did not finish within {0:?}; killed it (raise --reload-timeout?)")]
+    #[error("`handoff reload` did not finish within {}; killed it (raise --reload-timeout?)", handoff_common::duration::human(*.0))]
     ReloadTimeout(Duration),
     #[error(
-        "{dir} kept changing for {waited:?} (or the rpm lock stayed held); not rolling over onto a half-installed release (raise --max-wait, or --exclude directories the app writes to)"
+        "{dir} kept changing for {} (or the rpm lock stayed held); not rolling over onto a half-installed release (raise --max-wait, or --exclude directories the app writes to)",
+        handoff_common::duration::human(*.waited)
     )]
     NotSettled { dir: PathBuf, waited: Duration },
     #[error("cannot watch {dir}: {source}")]
@@ -47,6 +53,11 @@ pub enum TriggerError {
 }
 
 impl TriggerError {
+    /// Whether [`crate::run`] logged it already (so `main` does not say it twice).
+    pub fn logged_by_run(&self) -> bool {
+        !matches!(self, TriggerError::Watch { .. })
+    }
+
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {

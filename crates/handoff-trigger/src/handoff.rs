@@ -36,6 +36,32 @@ pub fn default_handoff_bin() -> PathBuf {
 }
 
 impl Reloader {
+    /// The app, when the control socket is a `handoff@APP` unit's (`/run/handoff-APP/...`).
+    pub fn app(&self) -> Option<String> {
+        let c = self.control.as_deref()?;
+        let app = c
+            .parent()?
+            .file_name()?
+            .to_str()?
+            .strip_prefix("handoff-")?;
+        (handoff_common::paths::app_control(app) == c).then(|| app.to_string())
+    }
+
+    /// How to run `handoff SUB` against the same handoff, for messages.
+    pub fn command_line(&self, sub: &str) -> String {
+        match (self.app(), &self.control) {
+            (Some(app), _) => format!("handoff {sub} --app {app}"),
+            (None, Some(c)) => format!("handoff {sub} --control {}", c.display()),
+            (None, None) => format!("handoff {sub}"),
+        }
+    }
+
+    /// The service unit, for `journalctl -u` / `systemctl status` hints.
+    pub fn unit(&self) -> String {
+        self.app()
+            .map_or_else(|| "handoff@APP".into(), |a| format!("handoff@{a}"))
+    }
+
     /// The control socket, when known and absent, means handoff is not running.
     pub fn control_missing(&self) -> Option<&Path> {
         self.control
@@ -79,8 +105,15 @@ impl Reloader {
         };
         match status.code() {
             Some(exit::OK) => Ok(()),
-            Some(code @ exit::FAILED) => Err(TriggerError::RolledBack { code }),
-            Some(code @ exit::UNAVAILABLE) => Err(TriggerError::Unavailable { code }),
+            Some(code @ exit::FAILED) => Err(TriggerError::RolledBack {
+                code,
+                status: self.command_line("status"),
+                unit: self.unit(),
+            }),
+            Some(code @ exit::UNAVAILABLE) => Err(TriggerError::Unavailable {
+                code,
+                unit: self.unit(),
+            }),
             Some(code) => Err(TriggerError::HandoffFailed {
                 bin: self.bin.clone(),
                 detail: format!("exit code {code}"),

@@ -242,6 +242,7 @@ pub fn run(opts: &Options) -> Result<Done, TriggerError> {
                     waited: settle.elapsed(now),
                 };
                 if !opts.watch {
+                    tracing::error!("{err}");
                     return Err(err);
                 }
                 tracing::error!("{err}; still watching");

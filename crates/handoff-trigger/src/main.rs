@@ -45,8 +45,10 @@ fn main() -> ExitCode {
     match handoff_trigger::run(&opts) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            // already logged where it happened; repeat the one line that matters last
-            tracing::error!("giving up: {e}");
+            // Logged once, where it happened (run logs every error it decides on).
+            if !e.logged_by_run() {
+                tracing::error!("{e}");
+            }
             let code = e.exit_code();
             ExitCode::from(u8::try_from(code).unwrap_or(EXIT_SOFTWARE as u8))
         }

@@ -14,7 +14,9 @@ use crate::duration;
 #[command(
     name = "handoff",
     version,
-    about = "Zero-downtime rollovers of worker processes on sockets that never close"
+    about = "Zero-downtime rollovers of worker processes on sockets that never close",
+    disable_help_subcommand = true,
+    after_help = exit_help()
 )]
 pub struct Cli {
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
@@ -30,11 +32,12 @@ pub enum Sub {
     /// Run the supervisor: hold the sockets, start workers, roll them over on reload.
     Run(RunArgs),
     /// Roll over to a new generation and wait for the outcome (exit 0 served, 1 rolled back).
+    #[command(after_help = exit_help())]
     Reload(ReloadArgs),
     /// Show generations, workers and the last rollover.
+    #[command(after_help = exit_help())]
     Status(StatusArgs),
-    /// Write man pages (handoff.1, handoff-run.1, ...) into DIR; used by packaging.
-    #[command(hide = true)]
+    /// Write the man pages (handoff.1, handoff-run.1, ...) into DIR (for packagers).
     Man {
         #[arg(value_name = "DIR")]
         dir: std::path::PathBuf,
@@ -46,27 +49,145 @@ pub enum Sub {
     },
 }
 
+/// The exit codes, for `--help` (one table for both binaries: `handoff_common::exit`).
+pub fn exit_help() -> String {
+    format!("Exit status:\n{}", crate::exit::table_text())
+}
+
+/// Roff for the sections clap does not write: EXIT STATUS, FILES, CONFIGURATION, EXAMPLES,
+/// SEE ALSO. `page` is `handoff` or `handoff-SUB`.
+pub fn man_sections(page: &str) -> String {
+    fn esc(t: &str) -> String {
+        t.replace('\\', "\\\\").replace('-', "\\-")
+    }
+    let mut r = String::new();
+    let sub = page.strip_prefix("handoff-").unwrap_or("");
+    let examples: &[(&str, &str)] = match sub {
+        "run" => &[
+            (
+                "handoff run --listen 127.0.0.1:8080 --workers 2 -- node server.js",
+                "Bind the port itself and run two workers.",
+            ),
+            (
+                "handoff run --config /etc/handoff/shop.toml",
+                "What handoff@shop.service runs (socket-activated by handoff@shop.socket).",
+            ),
+        ],
+        "reload" => &[
+            (
+                "handoff reload --app shop",
+                "Roll shop over; exit 0 when the new generation serves.",
+            ),
+            (
+                "handoff reload --app shop --if-changed",
+                "Only when /opt/shop/package.json changed since the running generation started.",
+            ),
+        ],
+        "status" => &[
+            (
+                "handoff status --app shop",
+                "Generations, workers, the last rollover.",
+            ),
+            ("handoff status --app shop --json", "The same, for scripts."),
+        ],
+        "" => &[
+            (
+                "systemctl start handoff@shop.socket handoff@shop.service",
+                "Start the app under systemd.",
+            ),
+            (
+                "systemctl reload handoff@shop",
+                "Roll over (runs handoff reload --app shop).",
+            ),
+            (
+                "journalctl -u handoff@shop -t node@w1",
+                "Follow worker 1 across generations.",
+            ),
+            (
+                "journalctl -u handoff@shop -p warning",
+                "What went wrong: rollbacks, kills, crashes.",
+            ),
+        ],
+        _ => &[],
+    };
+    if !examples.is_empty() {
+        r.push_str(".SH EXAMPLES\n");
+        for (cmd, what) in examples {
+            r.push_str(&format!(".TP\n\\fB{}\\fR\n{}\n", esc(cmd), esc(what)));
+        }
+    }
+    if sub == "run" || sub.is_empty() {
+        r.push_str(&format!(
+            ".SH CONFIGURATION\nEvery option of \\fBhandoff run\\fR can be given in a TOML file \
+             (\\fB\\-\\-config\\fR FILE), with underscores for dashes; flags override the file:\n\
+             .PP\n.nf\n{}\n.fi\n",
+            esc(
+                "listen = [\"http=127.0.0.1:8080\"]\nworkers = 2\nready_timeout = \"60s\"\n\
+                 drain_timeout = \"10s\"\nversion_file = \"/opt/shop/package.json\"\n\
+                 user = \"shop\"\nstatus_group = \"wheel\"\ncommand = [\"node\", \"server.js\"]"
+            )
+        ));
+    }
+    if sub != "completions" && sub != "man" {
+        r.push_str(&format!(
+            ".SH FILES\n.TP\n{}\nConfig file of handoff@APP.service.\n.TP\n{}\n\
+             Control socket of handoff@APP (mode 0600: reload and status, for root).\n.TP\n{}\n\
+             Read\\-only status socket (mode 0660, group \\fBstatus_group\\fR), when configured.\n\
+             .TP\n{}\nThe workers' notify sockets.\n",
+            esc("/etc/handoff/APP.toml"),
+            esc("/run/handoff-APP/control.sock"),
+            esc("/run/handoff-APP/status.sock"),
+            esc("/run/handoff-APP/notify/"),
+        ));
+        r.push_str(".SH \"EXIT STATUS\"\n");
+        for (code, meaning) in crate::exit::TABLE {
+            r.push_str(&format!(".TP\n\\fB{code}\\fR\n{}\n", esc(meaning)));
+        }
+    }
+    let mut see: Vec<String> = ["handoff", "handoff-run", "handoff-reload", "handoff-status"]
+        .iter()
+        .filter(|p| **p != page)
+        .map(|p| format!("{}(1)", esc(p)))
+        .collect();
+    see.extend(["handoff\\-trigger(1)", "systemd.socket(5)", "journalctl(1)"].map(String::from));
+    r.push_str(&format!(".SH \"SEE ALSO\"\n{}\n", see.join(", ")));
+    r
+}
+
 /// Writes `handoff.1` and one page per subcommand into `dir`.
 pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
     use clap::CommandFactory;
     std::fs::create_dir_all(dir)?;
     let cmd = Cli::command();
     let mut written = Vec::new();
-    let mut render = |c: clap::Command, name: String| -> std::io::Result<()> {
+    let mut render = |c: clap::Command, name: String, bin: String| -> std::io::Result<()> {
         let path = dir.join(format!("{name}.1"));
         let mut out = Vec::new();
-        clap_mangen::Man::new(c.name(name.clone())).render(&mut out)?;
+        // The title names the page (handoff-run); the synopsis the command (handoff run).
+        let has_version = c.get_version().is_some();
+        let man = clap_mangen::Man::new(c.name(name.clone()).bin_name(bin));
+        man.render_title(&mut out)?;
+        man.render_name_section(&mut out)?;
+        man.render_synopsis_section(&mut out)?;
+        man.render_description_section(&mut out)?;
+        man.render_options_section(&mut out)?;
+        man.render_subcommands_section(&mut out)?;
+        out.extend_from_slice(man_sections(&name).as_bytes());
+        if has_version {
+            man.render_version_section(&mut out)?;
+        }
         std::fs::write(&path, out)?;
         written.push(path);
         Ok(())
     };
-    for sub in cmd
-        .get_subcommands()
-        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
-    {
-        render(sub.clone(), format!("handoff-{}", sub.get_name()))?;
+    for sub in cmd.get_subcommands() {
+        render(
+            sub.clone(),
+            format!("handoff-{}", sub.get_name()),
+            format!("handoff {}", sub.get_name()),
+        )?;
     }
-    render(cmd, "handoff".into())?;
+    render(cmd, "handoff".into(), "handoff".into())?;
     Ok(written)
 }
 
@@ -115,6 +236,10 @@ pub struct RunArgs {
     /// Primary group of the workers (name or gid) [default: the user's].
     #[arg(long, value_name = "GROUP")]
     pub group: Option<String>,
+    /// Members of this group (name or gid) may run `handoff status` (read-only: never reload)
+    /// through RUNTIME_DIR/status.sock (mode 0660); the runtime dir becomes 0711.
+    #[arg(long, value_name = "GROUP")]
+    pub status_group: Option<String>,
     /// The worker command, exec'd directly (no shell).
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -138,6 +263,7 @@ impl RunArgs {
             command: (!self.command.is_empty()).then(|| self.command.clone()),
             user: self.user.clone(),
             group: self.group.clone(),
+            status_group: self.status_group.clone(),
         }
     }
 }
@@ -156,9 +282,36 @@ pub struct ClientArgs {
     /// The app of the handoff@APP units: its control socket is /run/handoff-APP/control.sock.
     #[arg(long, value_name = "APP")]
     pub app: Option<String>,
+    /// Give up (exit 75) when handoff sends nothing for this long (stopped, or its loop
+    /// stuck); 0s waits forever. A reload hears from a live handoff every 2 s however long
+    /// the rollover takes, so this bounds silence, not the rollover (for reload at least 4 s).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse)]
+    pub timeout: Duration,
 }
 
 impl ClientArgs {
+    /// `None` for `--timeout 0s`: wait as long as it takes.
+    pub fn timeout(&self) -> Option<Duration> {
+        (!self.timeout.is_zero()).then_some(self.timeout)
+    }
+
+    /// How to run `sub` against the same handoff, for hints.
+    pub fn command_line(&self, sub: &str) -> String {
+        match (&self.app, &self.control) {
+            (Some(app), _) => format!("handoff {sub} --app {app}"),
+            (None, Some(c)) => format!("handoff {sub} --control {}", c.display()),
+            (None, None) => format!("handoff {sub}"),
+        }
+    }
+
+    /// The unit to look at in the journal.
+    pub fn unit(&self) -> String {
+        match &self.app {
+            Some(app) => format!("handoff@{app}"),
+            None => "handoff@APP".into(),
+        }
+    }
+
     /// `--control`, else `--app` (the units' RuntimeDirectory=handoff-APP), else the default.
     pub fn control_path(&self) -> PathBuf {
         self.control
@@ -218,6 +371,38 @@ mod tests {
             run.contains("drain\\-timeout"),
             "options missing from the run page"
         );
+        // The synopsis is the command, not the page name; the sections operators look for.
+        assert!(run.contains("\\fBhandoff run\\fR"), "{run}");
+        for section in [
+            "EXIT STATUS",
+            "FILES",
+            "CONFIGURATION",
+            "EXAMPLES",
+            "SEE ALSO",
+        ] {
+            assert!(
+                run.contains(section),
+                "{section} missing from handoff-run.1"
+            );
+        }
+        for (code, _) in crate::exit::TABLE {
+            assert!(run.contains(&format!("\\fB{code}\\fR")), "exit code {code}");
+        }
+        // Every page it points to exists.
+        let top = std::fs::read_to_string(dir.join("handoff.1")).unwrap();
+        assert!(
+            !top.contains("handoff\\-help"),
+            "handoff.1 lists a help page"
+        );
+        for page in top.split(|c: char| c.is_whitespace() || c == ',') {
+            if let Some(name) = page.strip_suffix("(1)")
+                && name.starts_with("handoff\\-")
+                && !name.contains("trigger")
+            {
+                let file = format!("{}.1", name.replace("\\-", "-"));
+                assert!(names.contains(&file), "handoff.1 refers to missing {file}");
+            }
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

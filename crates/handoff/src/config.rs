@@ -60,6 +60,8 @@ pub struct Settings {
     pub user: Option<String>,
     /// Run workers with this primary group (name or gid) [default: the user's].
     pub group: Option<String>,
+    /// Members of this group may read `handoff status` through the read-only status.sock.
+    pub status_group: Option<String>,
 }
 
 /// Every setting, each optional: what one source (file or command line) said.
@@ -79,6 +81,7 @@ pub struct Options {
     pub command: Option<Vec<String>>,
     pub user: Option<String>,
     pub group: Option<String>,
+    pub status_group: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +127,7 @@ impl Options {
             command: over.command.or(self.command),
             user: over.user.or(self.user),
             group: over.group.or(self.group),
+            status_group: over.status_group.or(self.status_group),
         }
     }
 
@@ -152,6 +156,7 @@ impl Options {
             command,
             user: self.user,
             group: self.group,
+            status_group: self.status_group.filter(|g| !g.is_empty()),
         })
     }
 }
@@ -227,12 +232,24 @@ pub fn parse_listen(text: &str) -> Result<ListenSpec, String> {
     let addr = if addr.starts_with('/') || addr.starts_with("./") {
         ListenAddr::Unix(PathBuf::from(addr))
     } else if let Some(port) = addr.strip_prefix("localhost:") {
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("invalid port in listen address {addr:?}"))?;
+        let port: u16 = port.parse().map_err(|_| {
+            if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+                format!("invalid listen address {addr:?}: port {port} is out of range (0-65535)")
+            } else {
+                format!("invalid port in listen address {addr:?}")
+            }
+        })?;
         ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], port)))
     } else {
         ListenAddr::Tcp(addr.parse().map_err(|_| {
+            if let Some((_, port)) = addr.rsplit_once(':')
+                && !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+            {
+                return format!(
+                    "invalid listen address {addr:?}: port {port} is out of range (0-65535)"
+                );
+            }
             format!(
                 "invalid listen address {addr:?}: expected HOST:PORT (127.0.0.1:8080, [::1]:8080) \
                  or a unix socket path starting with / or ./"
@@ -263,7 +280,7 @@ pub fn check_fd_name(name: &str) -> Result<(), String> {
 #[serde(deny_unknown_fields)]
 struct RawFile {
     listen: Option<Vec<Spanned<String>>>,
-    workers: Option<Spanned<i64>>,
+    workers: Option<Spanned<Count>>,
     ready: Option<Spanned<String>>,
     ready_timeout: Option<Spanned<String>>,
     drain_timeout: Option<Spanned<String>>,
@@ -276,6 +293,16 @@ struct RawFile {
     command: Option<Spanned<Vec<String>>>,
     user: Option<String>,
     group: Option<String>,
+    status_group: Option<String>,
+}
+
+/// A number the file may (wrongly, but understandably) give as a string: `workers = "2"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Count {
+    Number(i64),
+    Text(String),
+    Other(toml::Value),
 }
 
 /// Reads and parses a config file.
@@ -332,7 +359,23 @@ pub fn parse_str(text: &str, file: &str) -> Result<Options, ConfigError> {
         o.listen = Some(specs);
     }
     if let Some(w) = &raw.workers {
-        o.workers = Some(check_workers(*w.get_ref()).map_err(|m| invalid("workers", w.span(), m))?);
+        let n = match w.get_ref() {
+            Count::Number(n) => Ok(*n),
+            Count::Text(t) => Err(match t.trim().parse::<i64>() {
+                Ok(n) => {
+                    format!("{t:?} is a string: write the number without quotes (workers = {n})")
+                }
+                Err(_) => format!("expected a whole number (workers = 2), not the string {t:?}"),
+            }),
+            Count::Other(v) => Err(format!(
+                "expected a whole number (workers = 2), not a {}",
+                v.type_str()
+            )),
+        };
+        o.workers = Some(
+            n.and_then(check_workers)
+                .map_err(|m| invalid("workers", w.span(), m))?,
+        );
     }
     if let Some(v) = &raw.ready {
         o.ready = Some(check(&invalid, "ready", v, parse_ready)?);
@@ -364,6 +407,7 @@ pub fn parse_str(text: &str, file: &str) -> Result<Options, ConfigError> {
     o.version_file = raw.version_file;
     o.user = raw.user;
     o.group = raw.group;
+    o.status_group = raw.status_group;
     Ok(o)
 }
 
@@ -460,7 +504,12 @@ group = "app"
         );
         let e = err("workers = \"two\"\n");
         assert!(
-            e.starts_with("app.toml:1: key `workers`: invalid type"),
+            e.starts_with("app.toml:1: key `workers`: expected a whole number"),
+            "{e}"
+        );
+        let e = err("workers = \"2\"\n");
+        assert!(
+            e.contains("without quotes (workers = 2)") && !e.contains("i64"),
             "{e}"
         );
         assert!(err("workers = 0").starts_with("app.toml:1: key `workers`: worker count 0"));

@@ -9,7 +9,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use handoff_common::protocol::{MAX_REQUEST, ReloadReply, Request, Response, StatusReport};
+use handoff_common::protocol::{
+    MAX_REQUEST, PROGRESS_EVERY, ReloadReply, Request, Response, StatusReport,
+};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
@@ -66,8 +68,43 @@ pub fn bind(path: &Path) -> io::Result<tokio::net::UnixListener> {
 /// start needs.
 pub const MAX_CONNECTIONS: usize = 128;
 
+/// Binds the read-only status socket: mode 0660, group `gid`, so members of `status_group`
+/// can read `handoff status` without the power to reload. Replaced if left over.
+pub fn bind_status(path: &Path, gid: u32) -> io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && meta.file_type().is_socket()
+    {
+        std::fs::remove_file(path)?;
+    }
+    let std_listener = std::os::unix::net::UnixListener::bind(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot bind status socket {}: {e}", path.display()),
+        )
+    })?;
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::chown(path, None, Some(gid))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    std_listener.set_nonblocking(true)?;
+    tokio::net::UnixListener::from_std(std_listener)
+}
+
+/// What a socket's clients may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The control socket: reload and status.
+    Full,
+    /// status.sock: status only.
+    StatusOnly,
+}
+
 /// Accepts control connections forever, passing each request to the supervisor.
-pub async fn serve(listener: tokio::net::UnixListener, to_supervisor: mpsc::Sender<Command>) {
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    to_supervisor: mpsc::Sender<Command>,
+    access: Access,
+) {
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -77,7 +114,7 @@ pub async fn serve(listener: tokio::net::UnixListener, to_supervisor: mpsc::Send
             Ok((stream, _)) => {
                 let tx = to_supervisor.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, tx).await {
+                    if let Err(e) = handle(stream, tx, access).await {
                         tracing::debug!("control connection: {e}");
                     }
                     drop(permit);
@@ -92,7 +129,11 @@ pub async fn serve(listener: tokio::net::UnixListener, to_supervisor: mpsc::Send
     }
 }
 
-async fn handle(stream: tokio::net::UnixStream, tx: mpsc::Sender<Command>) -> io::Result<()> {
+async fn handle(
+    stream: tokio::net::UnixStream,
+    tx: mpsc::Sender<Command>,
+    access: Access,
+) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST));
@@ -110,12 +151,50 @@ async fn handle(stream: tokio::net::UnixStream, tx: mpsc::Sender<Command>) -> io
             Err(e) => Response::Error(format!(
                 "bad request ({e}); expected {{\"cmd\":\"reload\"}} or {{\"cmd\":\"status\"}}"
             )),
+            Ok(Request::Reload { .. } | Request::ReloadKeepalive { .. })
+                if access == Access::StatusOnly =>
+            {
+                Response::Error(
+                    "this is the read-only status socket: reload needs the control socket \
+                     (run `handoff reload` as root)"
+                        .into(),
+                )
+            }
             Ok(Request::Reload { if_changed }) => {
                 let (reply, rx) = oneshot::channel();
                 let _ = tx.send(Command::Reload { if_changed, reply }).await;
                 match rx.await {
                     Ok(r) => Response::Reload(r),
                     Err(_) => Response::Error("handoff is shutting down".into()),
+                }
+            }
+            Ok(Request::ReloadKeepalive { if_changed }) => {
+                let (reply, mut rx) = oneshot::channel();
+                let _ = tx.send(Command::Reload { if_changed, reply }).await;
+                let mut beat = tokio::time::interval(PROGRESS_EVERY);
+                beat.tick().await; // the first tick is immediate
+                loop {
+                    tokio::select! {
+                        r = &mut rx => break match r {
+                            Ok(r) => Response::Reload(r),
+                            Err(_) => Response::Error("handoff is shutting down".into()),
+                        },
+                        _ = beat.tick() => {
+                            // Asked of the supervisor loop itself: a beat means the loop, not
+                            // just this task, is alive.
+                            let (sreply, srx) = oneshot::channel();
+                            let _ = tx.send(Command::Status { reply: sreply }).await;
+                            let Ok(st) = srx.await else { continue };
+                            let mut line = serde_json::to_string(&Response::Progress(progress_line(&st)))
+                                .expect("responses serialize");
+                            line.push('\n');
+                            // A client that went away does not stop the rollover.
+                            if write.write_all(line.as_bytes()).await.is_err() {
+                                let _ = rx.await;
+                                return Ok(());
+                            }
+                        }
+                    }
                 }
             }
             Ok(Request::Status) => {
@@ -132,4 +211,20 @@ async fn handle(stream: tokio::net::UnixStream, tx: mpsc::Sender<Command>) -> io
     out.push('\n');
     write.write_all(out.as_bytes()).await?;
     write.shutdown().await
+}
+
+/// One line on what a rollover is doing, for `reload` progress.
+fn progress_line(st: &StatusReport) -> String {
+    match st.rolling_over_to {
+        Some(g) => {
+            let new: Vec<_> = st.workers.iter().filter(|w| w.generation == g).collect();
+            let ready = new.iter().filter(|w| w.state == "ready").count();
+            format!(
+                "rolling over to generation {g}: {ready} of {} new worker(s) ready",
+                st.workers_wanted
+            )
+        }
+        None if st.queued_reloads > 0 => "waiting for the version file".to_string(),
+        None => "waiting".to_string(),
+    }
 }

@@ -1,11 +1,13 @@
 //! Journal streams: under journald, each worker's stdout/stderr is a journal stream of its
 //! own, opened by the worker's child process itself (see `spawn.rs`), so journald records the
-//! worker's pid and unit and an identifier that names it (`node@g7`).
+//! worker's pid and unit and an identifier that names its slot (`node@w1`), the same across
+//! generations: `journalctl -u handoff@APP -t node@w1` follows worker 1 through rollovers, and
+//! `_PID=` (in handoff's own lines: `pid=`) picks one generation's worker.
 #![allow(unsafe_code)]
 
 /// A journald stdout stream for a worker, opened by the child itself after fork, so the
 /// journal records the worker's own pid and unit, under an identifier that names its
-/// generation (`node@g7`). This is the protocol systemd uses for a service's stdout.
+/// slot (`node@w1`, see [`identifier`]). This is the protocol systemd uses for a service's stdout.
 pub struct JournalStream {
     pub(crate) addr: libc::sockaddr_un,
     pub(crate) addr_len: libc::socklen_t,
@@ -39,6 +41,11 @@ impl JournalStream {
             header,
         }
     }
+}
+
+/// The journal identifier of the worker in `slot`, started from `program` (`node@w1`).
+pub fn identifier(program: &str, slot: usize) -> String {
+    format!("{program}@w{slot}")
 }
 
 /// The systemd unit this process runs in (`handoff@app.service`), from its cgroup path.

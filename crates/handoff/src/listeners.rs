@@ -106,7 +106,21 @@ fn bind(spec: &ListenSpec, index: usize) -> io::Result<Listener> {
                     socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(*a))
                 }
             };
-            res.map_err(|e| context(e, &format!("cannot bind {addr}")))?;
+            res.map_err(|e| {
+                if e == nix::Error::EACCES && addr.port() < 1024 {
+                    io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!(
+                            "cannot bind {addr}: {e}: ports below 1024 need root; let systemd hold \
+                             the socket (a .socket unit with ListenStream={}, e.g. handoff@APP.socket) \
+                             or give handoff CAP_NET_BIND_SERVICE",
+                            addr.port()
+                        ),
+                    )
+                } else {
+                    context(e, &format!("cannot bind {addr}"))
+                }
+            })?;
             socket::listen(&fd, backlog)
                 .map_err(|e| context(e, &format!("cannot listen on {addr}")))?;
             let describe = local_addr(&fd).unwrap_or_else(|| addr.to_string());

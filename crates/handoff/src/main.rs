@@ -1,6 +1,5 @@
 //! `handoff`: parse the command line, set up logging, call the library, map errors to exit codes.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -96,8 +95,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Sub::Reload(args) => reload(args.client.control_path(), args.if_changed),
-        Sub::Status(args) => status(args.client.control_path(), args.json),
+        Sub::Reload(args) => reload(&args.client, args.if_changed),
+        Sub::Status(args) => status(&args.client, args.json),
         Sub::Man { dir } => match handoff::cli::write_man_pages(&dir) {
             Ok(pages) => {
                 for p in pages {
@@ -157,6 +156,12 @@ fn run(args: RunArgs, inh: Inherited) -> i32 {
             return exit::CONFIG;
         }
     };
+    if let Some(g) = &settings.status_group
+        && let Err(e) = resolve_group(g)
+    {
+        tracing::error!("status_group = {g:?}: {e}");
+        return exit::CONFIG;
+    }
     match prepare_and_run(settings, credentials, inh) {
         Ok(code) => code,
         Err(e) => {
@@ -208,7 +213,15 @@ fn prepare_and_run(
         .runtime_dir
         .clone()
         .unwrap_or_else(paths::default_runtime_dir);
-    paths::make_private_dir(&runtime_dir, credentials.is_some())
+    let status_gid = match &settings.status_group {
+        Some(g) => {
+            Some(resolve_group(g).map_err(|e| anyhow::anyhow!("status_group = {g:?}: {e}"))?)
+        }
+        None => None,
+    };
+    // Workers of another user reach their notify sockets, and status_group its status.sock,
+    // through the dir: 0711 then (listing stays closed; control.sock stays 0600).
+    paths::make_private_dir(&runtime_dir, credentials.is_some() || status_gid.is_some())
         .with_context(|| format!("cannot create runtime dir {}", runtime_dir.display()))?;
     let control_path = settings
         .control
@@ -237,6 +250,7 @@ fn prepare_and_run(
         credentials,
         nofile,
         guard,
+        status_gid,
     };
     // One thread: the supervisor is a single state machine, and fork is simplest to reason
     // about with no other threads running Rust code.
@@ -260,14 +274,57 @@ fn raise_fd_limit() -> Option<(u64, u64)> {
     Some((soft, hard))
 }
 
-fn client_error(e: ClientError) -> i32 {
+fn client_error(e: ClientError, client: &handoff::cli::ClientArgs) -> i32 {
     eprintln!("handoff: {}", printable(&e.to_string()));
+    if let ClientError::NotRunning { .. } = e
+        && client.app.is_none()
+        && client.control.is_none()
+    {
+        // The usual slip: the units' sockets live in /run/handoff-APP, not the default.
+        let apps = running_apps();
+        if !apps.is_empty() {
+            eprintln!(
+                "handoff: running here: {}",
+                apps.iter()
+                    .map(|a| format!("`handoff status --app {a}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
     e.exit_code()
 }
 
-fn reload(path: PathBuf, if_changed: bool) -> i32 {
-    match protocol::request(&path, &Request::Reload { if_changed }, None) {
+/// Apps of `handoff@APP` units that have a control socket on this host.
+fn running_apps() -> Vec<String> {
+    let mut apps: Vec<String> = std::fs::read_dir("/run")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let app = name.strip_prefix("handoff-")?.to_string();
+            paths::app_control(&app).exists().then_some(app)
+        })
+        .collect();
+    apps.sort();
+    apps
+}
+
+fn reload(client: &handoff::cli::ClientArgs, if_changed: bool) -> i32 {
+    let path = client.control_path();
+    // Progress lines are for a person watching; under systemd (ExecReload=) they'd be noise.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut progress = |p: &str| {
+        if tty {
+            eprintln!("handoff: {p}");
+        }
+    };
+    match protocol::reload(&path, if_changed, client.timeout(), &mut progress) {
         Ok(Response::Reload(r)) => {
+            for w in &r.warnings {
+                eprintln!("handoff: warning: {}", printable(w));
+            }
             if r.outcome.success() {
                 // The message can quote a release's version or a worker's STATUS=.
                 println!("{}", printable(&r.message));
@@ -278,19 +335,51 @@ fn reload(path: PathBuf, if_changed: bool) -> i32 {
                     r.outcome,
                     printable(&r.message)
                 );
+                eprintln!(
+                    "handoff: details: `{}` and the journal (journalctl -u {} -p warning)",
+                    client.command_line("status"),
+                    client.unit()
+                );
                 exit::FAILED
             }
         }
-        Ok(other) => {
-            eprintln!("handoff: unexpected answer: {other:?}");
+        Ok(_) => {
+            eprintln!(
+                "handoff: {} answered a reload with something else",
+                path.display()
+            );
             exit::SOFTWARE
         }
-        Err(e) => client_error(e),
+        Err(e) => client_error(e, client),
     }
 }
 
-fn status(path: PathBuf, json: bool) -> i32 {
-    match protocol::request(&path, &Request::Status, None) {
+fn status(client: &handoff::cli::ClientArgs, json: bool) -> i32 {
+    let path = client.control_path();
+    let mut answer = protocol::request(&path, &Request::Status, client.timeout());
+    if let Err(ClientError::PermissionDenied { .. }) = answer {
+        // Not root: the read-only status socket, when `status_group` lets us in.
+        let ro = paths::status_beside(&path);
+        match protocol::request(&ro, &Request::Status, client.timeout()) {
+            Ok(r) => answer = Ok(r),
+            Err(ClientError::PermissionDenied { .. }) | Err(ClientError::NotRunning { .. }) => {
+                answer = Err(ClientError::PermissionDenied {
+                    path: format!(
+                        "{} (and {}, the read-only status socket, is {})",
+                        path.display(),
+                        ro.display(),
+                        if ro.exists() {
+                            "not for your groups"
+                        } else {
+                            "not set up: status_group"
+                        }
+                    ),
+                })
+            }
+            Err(e) => answer = Err(e),
+        }
+    }
+    match answer {
         Ok(Response::Status(r)) => {
             if json {
                 println!(
@@ -302,10 +391,25 @@ fn status(path: PathBuf, json: bool) -> i32 {
             }
             0
         }
-        Ok(other) => {
-            eprintln!("handoff: unexpected answer: {other:?}");
+        Ok(_) => {
+            eprintln!(
+                "handoff: {} answered a status request with something else",
+                path.display()
+            );
             exit::SOFTWARE
         }
-        Err(e) => client_error(e),
+        Err(e) => client_error(e, client),
+    }
+}
+
+/// A group name or gid.
+fn resolve_group(g: &str) -> Result<u32, String> {
+    if let Ok(gid) = g.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(g) {
+        Ok(Some(gr)) => Ok(gr.gid.as_raw()),
+        Ok(None) => Err("no such group".into()),
+        Err(e) => Err(e.to_string()),
     }
 }

@@ -108,8 +108,35 @@ pub fn status(r: &StatusReport) -> String {
                 ago(l.ago_ms),
                 printable(&l.message)
             );
+            if l.forced_kills > 0 {
+                let _ = writeln!(
+                    o,
+                    "WARNING: {} of that rollover {} SIGKILLed at the drain timeout; requests {} held were cut",
+                    if l.forced_kills == 1 {
+                        "1 worker".to_string()
+                    } else {
+                        format!("{} workers", l.forced_kills)
+                    },
+                    if l.forced_kills == 1 { "was" } else { "were" },
+                    if l.forced_kills == 1 { "it" } else { "they" },
+                );
+            }
         }
         None => o.push_str("last rollover: none yet\n"),
+    }
+    if r.forced_kills > 0 {
+        let _ = writeln!(
+            o,
+            "workers SIGKILLed at the drain timeout since start: {} (raise --drain-timeout, or make the app finish its requests on the drain signal)",
+            r.forced_kills
+        );
+    }
+    if r.log_lines_dropped > 0 {
+        let _ = writeln!(
+            o,
+            "handoff log lines dropped (its stderr was not writable): {}",
+            r.log_lines_dropped
+        );
     }
     o
 }

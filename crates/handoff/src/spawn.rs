@@ -102,13 +102,21 @@ impl Credentials {
 pub fn resolve_program(name: &str, path_env: Option<&OsStr>) -> io::Result<PathBuf> {
     if name.contains('/') {
         let p = PathBuf::from(name);
-        return if is_executable(&p) {
-            Ok(p)
-        } else {
-            Err(io::Error::new(
+        return match std::fs::metadata(&p) {
+            _ if is_executable(&p) => Ok(p),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(io::Error::new(
                 io::ErrorKind::NotFound,
-                format!("{name}: not an executable file"),
-            ))
+                format!("{name}: no such file"),
+            )),
+            Err(e) => Err(io::Error::new(e.kind(), format!("{name}: {e}"))),
+            Ok(m) if m.is_dir() => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name}: is a directory, not a program"),
+            )),
+            Ok(_) => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{name}: not executable (chmod +x it?)"),
+            )),
         };
     }
     let path = path_env.unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));

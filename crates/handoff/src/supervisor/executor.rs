@@ -85,13 +85,33 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
     let notify_dir = paths::notify_dir(&rt.runtime_dir, &rt.control_path);
     check_notify_dir(&notify_dir).map_err(anyhow::Error::msg)?;
     let control_listener = control::bind(&rt.control_path)?;
+    // The read-only status socket for `status_group` (see control.rs).
+    let status_path = paths::status_beside(&rt.control_path);
+    let status_listener = match rt.status_gid {
+        Some(gid) => Some(control::bind_status(&status_path, gid)?),
+        None => {
+            let _ = std::fs::remove_file(&status_path);
+            None
+        }
+    };
     // Only one handoff owns a control socket, so the notify dir named after it is ours to
     // clear.
     let _ = std::fs::remove_dir_all(&notify_dir);
     paths::make_private_dir(&notify_dir, rt.credentials.is_some())?;
 
     let (control_tx, mut control_rx) = mpsc::channel::<Command>(64);
-    let control_task = tokio::spawn(control::serve(control_listener, control_tx.clone()));
+    let status_task = status_listener.map(|l| {
+        tokio::spawn(control::serve(
+            l,
+            control_tx.clone(),
+            control::Access::StatusOnly,
+        ))
+    });
+    let control_task = tokio::spawn(control::serve(
+        control_listener,
+        control_tx.clone(),
+        control::Access::Full,
+    ));
     // Bounded: a flood of notify datagrams waits in the kernel, not in handoff's memory.
     let (notify_tx, mut notify_rx) = mpsc::channel(1024);
     let (version_tx, mut version_rx) = mpsc::channel(4);
@@ -165,6 +185,10 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
         g.goodbye();
     }
     ex.control_task.abort();
+    if let Some(t) = status_task {
+        t.abort();
+        let _ = std::fs::remove_file(&status_path);
+    }
     let _ = std::fs::remove_file(&ex.rt.control_path);
     ex.notify.clear();
     let _ = std::fs::remove_dir_all(&ex.notify_dir);
@@ -326,6 +350,7 @@ impl Executor {
             .iter()
             .map(|l| format!("{}={}", l.name, l.describe))
             .collect();
+        r.log_lines_dropped = handoff_common::logging::dropped_lines();
         r
     }
 
@@ -422,12 +447,13 @@ impl Executor {
         let sock_path = self.notify_dir.join(name);
         let mut socket = self.notify_socket(&sock_path).map_err(ours)?;
         let journal = self.journal_unit.as_ref().map(|unit| {
-            // `node@g7`: journalctl shows it as the line's identifier, with the worker's pid.
+            // `node@w1`: the slot, the same across rollovers, so `journalctl -t node@w1`
+            // follows one worker; journalctl shows it with the pid (one per generation).
             let base = program
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            JournalStream::new(&format!("{base}@g{generation}"), unit)
+            JournalStream::new(&journal::identifier(&base, slot), unit)
         });
         let env = WorkerEnv {
             base: &self.rt.base_env,
@@ -501,8 +527,12 @@ impl Executor {
         match control::bind(&self.rt.control_path) {
             Ok(listener) => {
                 self.control_task.abort();
-                self.control_task =
-                    tokio::spawn(control::serve(listener, self.control_tx.clone())).abort_handle();
+                self.control_task = tokio::spawn(control::serve(
+                    listener,
+                    self.control_tx.clone(),
+                    control::Access::Full,
+                ))
+                .abort_handle();
                 warn!(
                     "the control socket {} was gone; bound it again",
                     self.rt.control_path.display()

@@ -32,4 +32,6 @@ pub struct Runtime {
     pub nofile: Option<(u64, u64)>,
     /// Kills the workers' process groups if handoff is killed.
     pub guard: Option<crate::guard::Guard>,
+    /// `status_group`'s gid: serve the read-only status.sock to it.
+    pub status_gid: Option<u32>,
 }

@@ -216,6 +216,8 @@ struct LastRollover {
     message: String,
     duration: Duration,
     at: Instant,
+    /// Workers it drained that were SIGKILLed at the drain timeout.
+    forced_kills: u32,
 }
 
 pub struct Machine {
@@ -236,6 +238,10 @@ pub struct Machine {
     strays: BTreeMap<i32, Stray>,
     /// Look for new strays once this input is handled (one scan however many reasons).
     scan: bool,
+    /// Workers SIGKILLed at the drain timeout, ever.
+    forced_kills: u64,
+    /// Those kills not yet told to a reload caller (they come with the next answer).
+    unreported_kills: Vec<String>,
     out: Vec<Action>,
 }
 
@@ -263,6 +269,8 @@ impl Machine {
             started: now,
             strays: BTreeMap::new(),
             scan: false,
+            forced_kills: 0,
+            unreported_kills: Vec::new(),
             out: Vec::new(),
         }
     }
@@ -704,6 +712,9 @@ impl Machine {
         }
         let mut answer = self.answer(outcome, message.clone());
         answer.duration_ms = duration.as_millis() as u64;
+        if ro.waiters.iter().any(|w| w.id.is_some()) {
+            answer.warnings = std::mem::take(&mut self.unreported_kills);
+        }
         for w in ro.waiters {
             self.reply(w, answer.clone());
         }
@@ -713,6 +724,7 @@ impl Machine {
             message,
             duration,
             at: now,
+            forced_kills: 0,
         });
         self.forget_idle_generations();
         // READY=1 ends the start (first generation) or the RELOADING=1 state, either way.
@@ -951,6 +963,19 @@ impl Machine {
         };
         w.phase = Phase::Killed;
         let (generation, slot) = (w.generation, w.slot);
+        // Requests it still held are cut: count it where status and the next reload answer
+        // show it (not during shutdown, which nobody waits on as a rollover).
+        if !self.shutting_down() {
+            self.forced_kills += 1;
+            if let Some(last) = &mut self.last {
+                last.forced_kills += 1;
+            }
+            self.unreported_kills.push(format!(
+                "worker {slot} of generation {generation} (pid {pid}) was still running {} after \
+                 the drain signal and was SIGKILLed; requests it held were cut",
+                human(timeout)
+            ));
+        }
         self.log_worker(
             Level::Error,
             id,
@@ -1266,6 +1291,7 @@ impl Machine {
             generation: self.current,
             message,
             duration_ms: 0,
+            warnings: Vec::new(),
         }
     }
 

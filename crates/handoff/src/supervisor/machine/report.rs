@@ -85,8 +85,11 @@ impl Machine {
                 message: l.message.clone(),
                 duration_ms: ms(l.duration),
                 ago_ms: ms(now.saturating_duration_since(l.at)),
+                forced_kills: l.forced_kills,
             }),
             shutting_down: self.shutting_down(),
+            forced_kills: self.forced_kills,
+            log_lines_dropped: 0,
         }
     }
 
@@ -138,6 +141,12 @@ impl Machine {
                 "; last rollover {word} in {}",
                 human(last.duration)
             ));
+            if last.forced_kills > 0 {
+                line.push_str(&format!(
+                    ", {} FORCE-KILLED at the drain timeout",
+                    plural_worker(last.forced_kills)
+                ));
+            }
         }
         let crashing: Vec<String> = self
             .slots
@@ -150,5 +159,13 @@ impl Machine {
             line.push_str(&format!("; restarting {}", crashing.join(",")));
         }
         line
+    }
+}
+
+fn plural_worker(n: u32) -> String {
+    if n == 1 {
+        "1 worker".into()
+    } else {
+        format!("{n} workers")
     }
 }

@@ -382,6 +382,32 @@ fn a_worker_past_the_drain_timeout_is_killed_with_its_group_and_the_hook_runs() 
 }
 
 #[test]
+fn a_forced_kill_is_counted_shown_and_told_to_the_next_reload_once() {
+    let mut h = Harness::serving(policy(1));
+    h.reload(1);
+    h.ready(101);
+    h.after(Duration::from_secs(10));
+    let st = h.m.status(h.now);
+    assert_eq!(st.forced_kills, 1);
+    assert_eq!(st.last_rollover.as_ref().unwrap().forced_kills, 1);
+    assert!(
+        h.m.status_line().contains("1 worker FORCE-KILLED"),
+        "{}",
+        h.m.status_line()
+    );
+    h.exit(100, 137);
+    h.reload(2);
+    let a = h.ready(102);
+    let r = &replies(&a)[0].1;
+    assert_eq!(r.outcome, Outcome::Ok);
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    assert!(r.warnings[0].contains("worker 0 of generation 1 (pid 100)"));
+    // The new rollover starts clean; its own drain has not killed anyone yet.
+    assert_eq!(h.m.status(h.now).last_rollover.unwrap().forced_kills, 0);
+    assert!(!h.m.status_line().contains("FORCE-KILLED"));
+}
+
+#[test]
 fn a_crashed_worker_restarts_with_doubling_backoff_and_a_stable_one_resets_it() {
     let mut h = Harness::serving(policy(2));
     let mut pid = 100;
