@@ -215,6 +215,20 @@ t_lint() {
   else bad "ansible-lint (rc $rc):"; tail -20 <<<"$out" | sed 's/^/      /'; fi
 }
 
+# The role writes /etc/handoff/APP.toml over the package's: its worker command must be the one
+# the package ships (a stale entry point fails every host's first start, worker exit status 1).
+t_role_command() {
+  local pkg role
+  pkg=$(cd "$W" && rpm2cpio "$REPO/$APP-1.0.0-1.noarch.rpm" | cpio -i --quiet --to-stdout ./etc/handoff/$APP.toml \
+    | "$VENV/bin/python" -c 'import sys, tomllib, json; print(json.dumps(tomllib.loads(sys.stdin.read())["command"]))')
+  role=$("$VENV/bin/python" -c 'import sys, yaml, json
+d = yaml.safe_load(open(sys.argv[1]))
+print(json.dumps([c.replace("{{ handoff_app_dir }}", "/opt/" + sys.argv[2]) for c in d["handoff_app_command"]]))' \
+    "$PLAYDIR/roles/handoff_app/defaults/main.yml" "$APP")
+  if [ -n "$pkg" ] && [ "$pkg" = "$role" ]; then ok "the role's worker command is the package's: $role"
+  else bad "the role's worker command ($role) is not the one $APP's rpm ships (${pkg:-none})"; fi
+}
+
 # ---- 3. three hosts ------------------------------------------------------------------------------
 t_hosts() {
   local h i t0 d
@@ -296,7 +310,14 @@ t_install() {
   done
   if [ $prc = 0 ] && [ $good = 3 ]; then
     ok "first install (serial 100%) in $psecs s: 1.0.0 serves on all three, each on its own port, 2/2 workers ready (changed $(changed_all install))"
-  else bad "install: rc $prc, answers$vs"; pout install; return 1; fi
+  else
+    bad "install: rc $prc, answers$vs"; pout install
+    for h in "${HOSTS[@]}"; do
+      info "---- $h: journalctl -u handoff@$APP ----"
+      hx "$h" journalctl --no-pager -q -n 30 -o short-monotonic -u handoff@$APP.service 2>&1 | cut -c1-220 | sed 's/^/      | /'
+    done
+    shown_journal=1; return 1
+  fi
   local en; en=$(hx fleet-b systemctl is-enabled handoff@$APP.socket handoff-trigger@$APP.path 2>&1 | tr '\n' ' ')
   local cfg; cfg=$(hx fleet-b head -1 /etc/handoff/$APP.toml 2>/dev/null)
   [ "$en" = "enabled enabled " ] && grep -q 'Ansible managed' <<<"$cfg" && [ ! -e /etc/handoff/$APP.toml ] \
@@ -448,6 +469,7 @@ t0_all=$(now_ms)
 t_build || exit 1
 t_venv || exit 1
 t_lint
+t_role_command
 if t_hosts; then
   if t_install; then
     t_idempotent

@@ -151,11 +151,13 @@ fn another_user_cannot_notify_for_a_worker() {
     );
     // A process of another user (uid 65534) tries to send to the worker's notify socket: the
     // 0700 runtime dir stops it before handoff even sees a datagram.
-    let (code, _, _) = {
+    let (code, _, stderr) = {
         let pid = h.status().unwrap().workers[0].pid;
         let sock = process_env(pid, "NOTIFY_SOCKET").unwrap();
         use std::os::unix::process::CommandExt;
-        let out = Command::new("python3")
+        // The system's python (a pyenv shim under /root would fail for uid 65534 before it
+        // tried anything); the refusal must be the socket's: PermissionError.
+        let out = Command::new("/usr/bin/python3")
             .args(["-c", "import socket,sys; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b'STATUS=stranger', sys.argv[1])", &sock])
             .uid(65534)
             .gid(65534)
@@ -170,6 +172,10 @@ fn another_user_cannot_notify_for_a_worker() {
     assert_ne!(
         code, 0,
         "a process of another user reached the notify socket"
+    );
+    assert!(
+        stderr.contains("PermissionError"),
+        "refused for another reason than the socket's permissions: {stderr}"
     );
     std::thread::sleep(Duration::from_millis(100));
     assert_ne!(

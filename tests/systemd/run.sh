@@ -64,12 +64,13 @@ command = ["$BIN/handoff-example-worker"]
 version_file = "$W/opt/demo/package.json"
 EOF
 # slow: each worker leaves a helper process behind (as apps that spawn children do): a grandchild
-# of handoff that only the unit's KillMode= can clean up once handoff itself is gone.
+# of handoff that only the unit's KillMode= can clean up once handoff itself is gone. While
+# $W/slow.hold exists, new workers wait before they start: t_kill9 holds a rollover open with it.
 cat > "$W/etc/slow.toml" <<EOF
 workers = 2
 drain_timeout = "10s"
 ready_timeout = "20s"
-command = ["/bin/sh", "-c", 'sleep 600 3>&- </dev/null >/dev/null 2>&1 & exec "\$0" "\$@"', "$BIN/handoff-example-worker"]
+command = ["/bin/sh", "-c", 'sleep 600 3>&- </dev/null >/dev/null 2>&1 & while [ -e "$W/slow.hold" ]; do sleep 0.05; done; exec "\$0" "\$@"', "$BIN/handoff-example-worker"]
 version_file = "$W/opt/slow/package.json"
 EOF
 PJ=$W/opt/demo/package.json
@@ -299,17 +300,20 @@ t_kill9() {
   loadgen_start kill "$P_SLOW" --concurrency 4 --max-seconds 120 --timeout 20
   sleep 0.5
   local main0; main0=$(prop handoff@slow.service MainPID)
+  # The new generation stays unready until the kill (however slow the machine): the reload
+  # cannot finish first.
+  touch "$W/slow.hold"
   sx systemctl reload handoff@slow.service >/dev/null 2>&1 &
   local rl=$!; bg_pids+=("$rl")
   # The rollover is under way once the new workers are in the cgroup (handoff + 2 old workers + their
   # 2 helpers = 5 before): read on the host, as `handoff status` through the sandbox can take longer
   # than the 1.5 s window on a loaded machine.
   if ! wait_for 10 eval '[ "$(cat "$(cg_procs_file handoff@slow.service)" 2>/dev/null | wc -l)" -ge 7 ]'; then bad "kill -9: no rollover in progress"; fi
-  sleep 0.3
   local old; old=$(cg_pids handoff@slow.service)
   local n_old; n_old=$(wc -w <<<"$old")
   local t0; t0=$(now_ms)
   sx kill -9 "$main0"
+  rm -f "$W/slow.hold"
   wait "$rl"; local rlrc=$?
   # systemd kills the leftovers (KillMode=mixed), waits RestartSec=, starts handoff again; workers need 1.5 s
   wait_for 30 eval '[ "$(prop handoff@slow.service ActiveState)" = active ] && [ "$(prop handoff@slow.service MainPID)" != "$main0" ]'
@@ -506,9 +510,6 @@ t_activating() {
   sx systemctl reset-failed "$(trig_unit act)" 2>/dev/null
 }
 
-# Which checks run (all by default); CHECKS="t_activating" runs a subset while developing one.
-CHECKS=${CHECKS:-t_sa t_status t_reloads t_broken t_trigger t_journal t_kill9 t_stop t_notify_reload t_multi t_activating}
-for c in $CHECKS; do "$c"; done
 # ---- 11. a release's version cannot inject assignments into handoff's STATUS= (issue 11) --------------
 # With the repo's units (WatchdogSec=30s), a version "1.2.3\nWATCHDOG_USEC=1000000\nMAINPID=1" copied
 # raw into STATUS= set a 1 s watchdog: the unit was killed and restarted until it failed.
@@ -535,18 +536,12 @@ t_inject() {
   sx systemctl stop handoff@inj.service handoff@inj.socket 2>/dev/null
 }
 
-t_sa
-t_status
-t_inject
-t_reloads
-t_broken
-t_trigger
-t_journal
-# issue 14: priorities and per-slot tags (journal.sh)
-. "$here/journal.sh"; t_journal_priorities
-t_kill9
-t_stop
-t_notify_reload
-t_multi
+# issue 14: priorities and per-slot tags
+. "$here/journal.sh"
+
+# Which checks run, each once, in this order (all by default); CHECKS="t_activating" runs a
+# subset while developing one.
+CHECKS=${CHECKS:-t_sa t_status t_inject t_reloads t_broken t_trigger t_journal t_journal_priorities t_kill9 t_stop t_notify_reload t_multi t_activating}
+for c in $CHECKS; do "$c"; done
 failed_units=$(sx systemctl --failed --no-legend --plain 2>/dev/null | grep -v '^handoff-trigger@demo.service' | grep . || true)
 [ -z "$failed_units" ] && ok "no unexpected failed units in the sandbox" || bad "failed units: $failed_units"

@@ -224,8 +224,9 @@ pub struct CiCmd {
     #[arg(long, default_value_t = 3)]
     pub egg_rollovers: usize,
     /// Fail when the Egg rows cannot run (node or the app's npm packages missing) instead of
-    /// leaving them out.
-    #[arg(long, env = "BENCH_CI_EGG")]
+    /// leaving them out. From the environment: BENCH_CI_EGG=1 (or true, yes, on); 0, false,
+    /// no, off or empty leave it unset.
+    #[arg(long, env = "BENCH_CI_EGG", value_parser = clap::builder::FalseyValueParser::new())]
     pub require_egg: bool,
 }
 
