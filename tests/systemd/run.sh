@@ -287,9 +287,13 @@ t_journal() {
 
 # ---- 7. kill -9 of handoff during a rollover -------------------------------------------------------
 cg_pids() {  # host pids (with start times) in the unit's cgroup, read through the sandbox's root
-  local f p
+  local f p st
   f=$(cg_procs_file "$1")
-  for p in $(cat "$f" 2>/dev/null); do echo "$p:$(awk '{print $22}' "/proc/$p/stat" 2>/dev/null)"; done
+  # A process that exited between the listing and the read has no start time: it is not one
+  # (an empty start time would match a missing /proc entry later and count as a survivor).
+  for p in $(cat "$f" 2>/dev/null); do
+    st=$(awk '{print $22}' "/proc/$p/stat" 2>/dev/null); [ -n "$st" ] && echo "$p:$st"
+  done
 }
 t_kill9() {
   sx systemctl start handoff@slow.socket || { bad "start handoff@slow.socket"; return; }
@@ -324,7 +328,7 @@ t_kill9() {
   local survivors="" e p st
   for e in $old; do
     p=${e%%:*}; st=${e#*:}
-    [ "$(awk '{print $22}' "/proc/$p/stat" 2>/dev/null)" = "$st" ] && survivors="$survivors $p"
+    [ -n "$st" ] && [ "$(awk '{print $22}' "/proc/$p/stat" 2>/dev/null)" = "$st" ] && survivors="$survivors $p"
   done
   local refused reset tmo req okc sock
   refused=$(lg kill 'd["refused"]'); reset=$(lg kill 'd["reset"]'); tmo=$(lg kill 'd["timeout"]')
@@ -339,7 +343,7 @@ t_kill9() {
   else bad "kill -9: $refused refused, $tmo timed out, socket unit $sock"; fi
   [ "$rlrc" != 0 ] && ok "kill -9: the interrupted systemctl reload failed (exit $rlrc)" || bad "kill -9: interrupted reload exited 0"
   if [ -z "$survivors" ] && [ "$n_old" -ge 3 ]; then ok "kill -9: none of the $n_old processes of the killed handoff's cgroup survived"
-  else bad "kill -9: survivors:$survivors (of $n_old)"; fi
+  else bad "kill -9: survivors:$survivors (of $n_old)"; for p in $survivors; do info "$p: $(tr '\0' ' ' < /proc/$p/cmdline 2>&1) $(grep -E '^(State|PPid)' /proc/$p/status 2>&1 | tr '\n\t' '  ') $(cat /proc/$p/cgroup 2>&1)"; done; fi
   get "http://127.0.0.1:$P_SLOW/" | grep -q 'gen=1 ' && ok "kill -9: the new handoff serves (generation 1 of the new process)" \
     || bad "kill -9: new handoff does not serve"
 }
