@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // The Egg example app (examples/egg-app), written the PM2 way: PM2's cluster mode owns the port
 // (Node's cluster module: the master listens and hands connections to the instances), so each
-// instance boots a single-process Egg (`require('egg').start`, the same boot as handoff-entry.js)
+// instance boots a single-process Egg (`require('egg').start`, the same boot as egg-handoff-start)
 // and listens on PORT, tells PM2 it is ready with process.send('ready') (wait_ready), and drains
 // on SIGINT (PM2's kill signal): stop accepting, let in-flight requests finish (answering with
 // `Connection: close`), close idle keep-alive connections, close the app, exit.

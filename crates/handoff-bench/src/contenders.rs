@@ -102,7 +102,8 @@ pub fn free_ports(n: usize) -> Result<Vec<u16>> {
 pub enum WorkerKind {
     Rust,
     Node,
-    /// The Egg.js example app (`examples/egg-app/handoff-entry.js`), one single-process Egg
+    /// The Egg.js example app run by egg-handoff's entry point (`egg-handoff-start`, what the
+    /// app's rpm runs), one single-process Egg
     /// per worker; its boot takes most of a second of CPU.
     Egg,
 }
@@ -116,6 +117,9 @@ impl WorkerKind {
         }
     }
 }
+
+/// egg-handoff's entry point in the Egg example app (its bin `egg-handoff-start`).
+const EGG_START: &str = "node_modules/egg-handoff/bin/egg-handoff-start.js";
 
 /// Where things are.
 #[derive(Debug, Clone)]
@@ -158,7 +162,8 @@ impl Paths {
                     "EGG_SCHEDULE_INTERVAL=0".into(),
                     "NODE_ENV=production".into(),
                     path_str(&which("node").context("node is not on PATH")?),
-                    path_str(&app.join("handoff-entry.js")),
+                    path_str(&app.join(EGG_START)),
+                    path_str(&app),
                 ]
             }
         })
@@ -167,7 +172,7 @@ impl Paths {
     /// The Egg example app, with its npm packages installed.
     pub fn egg_app(&self) -> Result<PathBuf> {
         let app = self.root.join("examples/egg-app");
-        if !app.join("node_modules/egg/package.json").is_file() {
+        if !app.join("node_modules/egg/package.json").is_file() || !app.join(EGG_START).is_file() {
             bail!(
                 "the Egg example app's packages are not installed (cd {} && npm ci)",
                 app.display()
