@@ -54,6 +54,15 @@ const PER_WORKER: &[&str] = &[
     "HANDOFF_WORKER",
 ];
 
+/// Names the worker contract owns (set per worker, or kept from workers): `[environment]` may
+/// not give them.
+pub fn set_by_handoff(name: &str) -> bool {
+    PER_WORKER.contains(&name)
+        || MAIN_PROCESS_ONLY.contains(&name)
+        || HANDOFF_ONLY.contains(&name)
+        || name == "JOURNAL_STREAM"
+}
+
 /// What makes one worker's environment.
 pub struct WorkerEnv<'a> {
     /// handoff's environment (already without [`HANDOFF_ONLY`]).
@@ -65,6 +74,8 @@ pub struct WorkerEnv<'a> {
     pub generation: u64,
     pub slot: usize,
     pub credentials: Option<&'a Credentials>,
+    /// The generation's `[environment]`: replaces inherited values of the same name.
+    pub extra: &'a [(String, String)],
     /// The worker gets a journal stream of its own (the child sets `JOURNAL_STREAM`).
     pub journal: bool,
 }
@@ -81,11 +92,13 @@ impl WorkerEnv<'_> {
                 let replaced = PER_WORKER.contains(&k)
                     || MAIN_PROCESS_ONLY.contains(&k)
                     || (self.journal && k == "JOURNAL_STREAM")
-                    || (self.credentials.is_some() && matches!(k, "USER" | "LOGNAME" | "HOME"));
+                    || (self.credentials.is_some() && matches!(k, "USER" | "LOGNAME" | "HOME"))
+                    || self.extra.iter().any(|(e, _)| e == k);
                 !replaced
             })
             .cloned()
             .collect();
+        env.extend(self.extra.iter().map(|(k, v)| (k.into(), v.into())));
         let mut set = |k: &str, v: OsString| env.push((k.into(), v));
         set("LISTEN_FDS", self.listeners.to_string().into());
         set("LISTEN_FDNAMES", self.fd_names.into());
@@ -140,6 +153,7 @@ mod tests {
             generation: 3,
             slot: 1,
             credentials: Some(&creds),
+            extra: &[],
             journal: true,
         }
         .build();
