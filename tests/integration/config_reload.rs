@@ -311,6 +311,23 @@ fn scale_rolls_over_to_n_and_refuses_nonsense() {
     let st = h.status().unwrap();
     assert_eq!(settings_workers(&st), 3);
     assert_eq!(live_workers(&h), 3);
+    let human = String::from_utf8_lossy(&h.cli(&["status"], &[]).stdout).into_owned();
+    assert!(human.contains("settings in force: 3 worker(s)"), "{human}");
+    assert!(human.contains("CONFIG FILE DIFFERS"), "{human}");
+    let json = String::from_utf8_lossy(&h.cli(&["status"], &["--json"]).stdout).into_owned();
+    for key in [
+        "\"settings\"",
+        "\"workers\": 3",
+        "\"ready\": \"notify\"",
+        "\"ready_timeout\": \"60s\"",
+        "\"drain_timeout\": \"5s\"",
+        "\"drain_signal\": \"SIGTERM\"",
+        "\"rolling\": false",
+        "\"user\": null",
+        "\"group\": null",
+    ] {
+        assert!(json.contains(key), "{key} missing: {json}");
+    }
     // The file still says 1: status says so, and the next reload goes back to it.
     assert!(
         st.config_differs
