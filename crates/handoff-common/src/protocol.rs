@@ -39,6 +39,11 @@ pub enum Request {
         #[serde(default)]
         if_changed: bool,
     },
+    /// A rollover to the settings in force with this many workers (until a reload reads
+    /// the config file again). Its connection carries progress lines like `reload-keepalive`.
+    Scale {
+        workers: usize,
+    },
 }
 
 /// How often a `reload-keepalive` connection hears from handoff while the rollover runs.
@@ -146,6 +151,25 @@ pub struct SlotStatus {
     pub restart_in_ms: Option<u64>,
 }
 
+/// The settings in force: those the serving generation was started with. Durations as the
+/// config file writes them (`60s`, `500ms`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SettingsStatus {
+    pub workers: usize,
+    pub command: Vec<String>,
+    /// `notify` or `delay:DURATION`.
+    pub ready: String,
+    pub ready_timeout: String,
+    pub drain_timeout: String,
+    pub drain_signal: String,
+    pub rolling: bool,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// The names `[environment]` sets (values are not shown: they may be secrets).
+    #[serde(default)]
+    pub environment: Vec<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StatusReport {
     pub pid: u32,
@@ -168,6 +192,15 @@ pub struct StatusReport {
     /// handoff's own log lines dropped because its stderr was not writable (full pipe).
     #[serde(default)]
     pub log_lines_dropped: u64,
+    #[serde(default)]
+    pub settings: Option<SettingsStatus>,
+    /// The config file handoff was started with (`--config`).
+    #[serde(default)]
+    pub config_file: Option<PathBuf>,
+    /// How the config file on disk differs from the settings in force (or why it cannot be
+    /// read); `None` when it agrees or there is none.
+    #[serde(default)]
+    pub config_differs: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -251,6 +284,17 @@ pub fn reload(
         }
         other => other,
     }
+}
+
+/// `handoff scale N`: like [`reload`] (timing out on silence only), for a rollover to `workers`.
+pub fn scale(
+    path: &Path,
+    workers: usize,
+    idle: Option<Duration>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Response, ClientError> {
+    let idle = idle.map(|d| d.max(2 * PROGRESS_EVERY));
+    request_with_progress(path, &Request::Scale { workers }, idle, progress)
 }
 
 /// [`request`], with each progress line passed to `progress`.
@@ -342,6 +386,11 @@ mod tests {
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"reload","force":1}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"scale","workers":3}"#).unwrap(),
+            Request::Scale { workers: 3 }
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"scale"}"#).is_err());
         assert_eq!(
             serde_json::to_string(&Outcome::RolledBack).unwrap(),
             r#""rolled-back""#

@@ -34,6 +34,10 @@ pub enum Sub {
     /// Roll over to a new generation and wait for the outcome (exit 0 served, 1 rolled back).
     #[command(after_help = exit_help())]
     Reload(ReloadArgs),
+    /// Roll over to N workers with the settings in force, until a reload reads the config
+    /// file again (exit codes as reload).
+    #[command(after_help = exit_help())]
+    Scale(ScaleArgs),
     /// Show generations, workers and the last rollover.
     #[command(after_help = exit_help())]
     Status(StatusArgs),
@@ -144,11 +148,17 @@ pub fn man_sections(page: &str) -> String {
             r.push_str(&format!(".TP\n\\fB{code}\\fR\n{}\n", esc(meaning)));
         }
     }
-    let mut see: Vec<String> = ["handoff", "handoff-run", "handoff-reload", "handoff-status"]
-        .iter()
-        .filter(|p| **p != page)
-        .map(|p| format!("{}(1)", esc(p)))
-        .collect();
+    let mut see: Vec<String> = [
+        "handoff",
+        "handoff-run",
+        "handoff-reload",
+        "handoff-scale",
+        "handoff-status",
+    ]
+    .iter()
+    .filter(|p| **p != page)
+    .map(|p| format!("{}(1)", esc(p)))
+    .collect();
     see.extend(["handoff\\-trigger(1)", "systemd.socket(5)", "journalctl(1)"].map(String::from));
     r.push_str(&format!(".SH \"SEE ALSO\"\n{}\n", see.join(", ")));
     r
@@ -264,6 +274,8 @@ impl RunArgs {
             user: self.user.clone(),
             group: self.group.clone(),
             status_group: self.status_group.clone(),
+            // The file only: a table does not fit a flag.
+            environment: None,
         }
     }
 }
@@ -328,6 +340,15 @@ pub struct ReloadArgs {
     /// Only roll over if the version file changed since the running generation started.
     #[arg(long)]
     pub if_changed: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// Workers of the new generation (1 to 4096, the cap `workers` has).
+    #[arg(value_name = "N", value_parser = config::parse_workers)]
+    pub workers: usize,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]

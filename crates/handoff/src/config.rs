@@ -62,6 +62,8 @@ pub struct Settings {
     pub group: Option<String>,
     /// Members of this group may read `handoff status` through the read-only status.sock.
     pub status_group: Option<String>,
+    /// Variables set for the workers on top of handoff's own environment (`[environment]`).
+    pub environment: Vec<(String, String)>,
 }
 
 /// Every setting, each optional: what one source (file or command line) said.
@@ -82,6 +84,8 @@ pub struct Options {
     pub user: Option<String>,
     pub group: Option<String>,
     pub status_group: Option<String>,
+    /// The file only: `[environment]`, sorted by name.
+    pub environment: Option<Vec<(String, String)>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +132,7 @@ impl Options {
             user: over.user.or(self.user),
             group: over.group.or(self.group),
             status_group: over.status_group.or(self.status_group),
+            environment: over.environment.or(self.environment),
         }
     }
 
@@ -157,6 +162,7 @@ impl Options {
             user: self.user,
             group: self.group,
             status_group: self.status_group.filter(|g| !g.is_empty()),
+            environment: self.environment.unwrap_or_default(),
         })
     }
 }
@@ -273,6 +279,25 @@ pub fn check_fd_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A variable of `[environment]`: a name the worker contract does not own, no NUL anywhere.
+fn check_env(name: &str, value: &str) -> Result<(), String> {
+    if name.is_empty() || name.contains('=') || name.contains('\0') {
+        return Err(format!(
+            "invalid variable name {name:?}: not empty, no '=' or NUL"
+        ));
+    }
+    if value.contains('\0') {
+        return Err(format!("the value of {name} contains a NUL byte"));
+    }
+    if crate::contract::set_by_handoff(name) {
+        return Err(format!(
+            "{name} is set by handoff for each worker (the worker contract); it cannot be \
+             given in [environment]"
+        ));
+    }
+    Ok(())
+}
+
 // ---- the TOML file -------------------------------------------------------------------------
 
 /// The file's shape. Values that need checking keep their span so errors can name the line.
@@ -294,6 +319,7 @@ struct RawFile {
     user: Option<String>,
     group: Option<String>,
     status_group: Option<String>,
+    environment: Option<Spanned<std::collections::BTreeMap<String, String>>>,
 }
 
 /// A number the file may (wrongly, but understandably) give as a string: `workers = "2"`.
@@ -305,14 +331,125 @@ enum Count {
     Other(toml::Value),
 }
 
+/// The largest config file read (a real one is a few hundred bytes).
+pub const MAX_FILE: u64 = 1 << 20;
+
 /// Reads and parses a config file.
 pub fn load_file(path: &Path) -> Result<Options, ConfigError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = read_capped(path).map_err(|source| ConfigError::Read {
         file: name.clone(),
         source,
     })?;
     parse_str(&text, &name)
+}
+
+/// A regular file of at most [`MAX_FILE`] bytes. Opened non-blocking: the file is re-read
+/// on the supervisor's loop at each reload, and a FIFO put in its place must not stop it.
+fn read_capped(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other(
+            "not a regular file (a FIFO or device is not read)",
+        ));
+    }
+    let mut text = String::new();
+    // Capped while reading too: the file may grow after the size was looked at.
+    f.take(MAX_FILE + 1).read_to_string(&mut text)?;
+    if meta.len() > MAX_FILE || text.len() as u64 > MAX_FILE {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_FILE} bytes; not a config file"
+        )));
+    }
+    Ok(text)
+}
+
+/// The config file read again for a reload: the file overlaid by the command line given at
+/// start (`cli`), validated completely. Settings bound at start keep `running`'s values; the
+/// second value has one line for each of them the file changed, naming `restart` as the
+/// command that applies it.
+pub fn reread(
+    path: &Path,
+    cli: &Options,
+    running: &Settings,
+    restart: &str,
+) -> Result<(Settings, Vec<String>), ConfigError> {
+    let file = path.display();
+    let mut s = load_file(path)?
+        .overlay(cli.clone())
+        .settle()
+        .map_err(|e| match e {
+            // Name the file: a reload's caller may not know which one handoff reads.
+            ConfigError::Missing(m) => ConfigError::Missing(format!("{file}: {m}")),
+            e => e,
+        })?;
+    let mut notes = Vec::new();
+    let mut bound = |key: &str, new: String, old: String| {
+        if new != old {
+            notes.push(format!(
+                "{key}: {file} says {new}, handoff runs with {old}; it is bound at start and \
+                 the reload left it as it was: `{restart}` applies it"
+            ));
+        }
+    };
+    let listen = |l: &[ListenSpec]| {
+        let v: Vec<String> = l.iter().map(show_listen).collect();
+        format!("[{}]", v.join(", "))
+    };
+    let path_of = |p: &Option<PathBuf>| match p {
+        Some(p) => p.display().to_string(),
+        None => "(default)".into(),
+    };
+    let text_of = |t: &Option<String>| match t {
+        Some(t) => format!("{t:?}"),
+        None => "(none)".into(),
+    };
+    bound("listen", listen(&s.listen), listen(&running.listen));
+    bound("control", path_of(&s.control), path_of(&running.control));
+    bound(
+        "runtime_dir",
+        path_of(&s.runtime_dir),
+        path_of(&running.runtime_dir),
+    );
+    bound(
+        "status_group",
+        text_of(&s.status_group),
+        text_of(&running.status_group),
+    );
+    bound(
+        "version_file",
+        path_of(&s.version_file),
+        path_of(&running.version_file),
+    );
+    bound(
+        "on_drain_timeout",
+        text_of(&s.on_drain_timeout),
+        text_of(&running.on_drain_timeout),
+    );
+    s.listen = running.listen.clone();
+    s.control = running.control.clone();
+    s.runtime_dir = running.runtime_dir.clone();
+    s.status_group = running.status_group.clone();
+    s.version_file = running.version_file.clone();
+    s.on_drain_timeout = running.on_drain_timeout.clone();
+    Ok((s, notes))
+}
+
+fn show_listen(l: &ListenSpec) -> String {
+    let addr = match &l.addr {
+        ListenAddr::Tcp(a) => a.to_string(),
+        ListenAddr::Unix(p) => p.display().to_string(),
+    };
+    match &l.name {
+        Some(n) => format!("{n}={addr}"),
+        None => addr,
+    }
 }
 
 /// Parses config text; `file` names it in errors.
@@ -408,6 +545,12 @@ pub fn parse_str(text: &str, file: &str) -> Result<Options, ConfigError> {
     o.user = raw.user;
     o.group = raw.group;
     o.status_group = raw.status_group;
+    if let Some(env) = &raw.environment {
+        for (k, v) in env.get_ref() {
+            check_env(k, v).map_err(|m| invalid("environment", env.span(), m))?;
+        }
+        o.environment = Some(env.get_ref().clone().into_iter().collect());
+    }
     Ok(o)
 }
 
@@ -439,6 +582,94 @@ mod tests {
 
     fn err(text: &str) -> String {
         parse_str(text, "app.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn environment_is_a_table_of_strings_the_contract_does_not_own() {
+        let o = parse_str(
+            "command = [\"app\"]\n[environment]\nNODE_ENV = \"production\"\nA = \"1\"\n",
+            "app.toml",
+        )
+        .unwrap();
+        let s = o.settle().unwrap();
+        assert_eq!(
+            s.environment,
+            [
+                ("A".to_string(), "1".to_string()),
+                ("NODE_ENV".to_string(), "production".to_string())
+            ]
+        );
+        let e = err("[environment]\nLISTEN_FDS = \"3\"\n");
+        assert!(e.starts_with("app.toml:1: key `environment`"), "{e}");
+        assert!(e.contains("set by handoff"), "{e}");
+        let e = err("[environment]\nN = 3\n");
+        assert!(e.starts_with("app.toml:"), "{e}");
+    }
+
+    fn temp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("handoff-cfg-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_reread_keeps_settings_bound_at_start_and_names_each_one_changed() {
+        let d = temp("reread");
+        let f = d.join("app.toml");
+        let running = parse_str(
+            "listen = [\"127.0.0.1:8080\"]\ncommand = [\"old\"]\nworkers = 2\n",
+            "x",
+        )
+        .unwrap()
+        .settle()
+        .unwrap();
+        std::fs::write(
+            &f,
+            "listen = [\"127.0.0.1:9090\"]\nruntime_dir = \"/run/other\"\ncommand = [\"new\"]\nworkers = 5\n",
+        )
+        .unwrap();
+        // The command line given at start still overrides the file.
+        let cli = Options {
+            workers: Some(3),
+            ..Options::default()
+        };
+        let (s, notes) = reread(&f, &cli, &running, "systemctl restart handoff@shop").unwrap();
+        assert_eq!(s.workers, 3);
+        assert_eq!(s.command, ["new"]);
+        assert_eq!(s.listen, running.listen);
+        assert_eq!(s.runtime_dir, None);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].starts_with("listen: "), "{notes:?}");
+        assert!(notes[0].contains("127.0.0.1:9090"), "{notes:?}");
+        assert!(notes[1].starts_with("runtime_dir: "), "{notes:?}");
+        assert!(
+            notes
+                .iter()
+                .all(|n| n.contains("`systemctl restart handoff@shop`") && !n.contains('\n'))
+        );
+        // A file that names no command is refused with its name.
+        std::fs::write(&f, "workers = 2\n").unwrap();
+        let e = reread(&f, &Options::default(), &running, "r").unwrap_err();
+        assert!(e.to_string().starts_with(&f.display().to_string()), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn only_a_regular_file_of_bounded_size_is_read() {
+        let d = temp("hostile");
+        let fifo = d.join("fifo.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // Returns at once (no writer would ever come).
+        let e = load_file(&fifo).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let big = d.join("big.toml");
+        std::fs::write(&big, vec![b'#'; MAX_FILE as usize + 1]).unwrap();
+        let e = load_file(&big).unwrap_err().to_string();
+        assert!(e.contains("larger than"), "{e}");
+        let e = load_file(&d.join("missing.toml")).unwrap_err().to_string();
+        assert!(e.contains("cannot read config file"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -54,6 +54,15 @@ const PER_WORKER: &[&str] = &[
     "HANDOFF_WORKER",
 ];
 
+/// Names the worker contract owns (set per worker, or kept from workers): `[environment]` may
+/// not give them.
+pub fn set_by_handoff(name: &str) -> bool {
+    PER_WORKER.contains(&name)
+        || MAIN_PROCESS_ONLY.contains(&name)
+        || HANDOFF_ONLY.contains(&name)
+        || name == "JOURNAL_STREAM"
+}
+
 /// What makes one worker's environment.
 pub struct WorkerEnv<'a> {
     /// handoff's environment (already without [`HANDOFF_ONLY`]).
@@ -65,6 +74,8 @@ pub struct WorkerEnv<'a> {
     pub generation: u64,
     pub slot: usize,
     pub credentials: Option<&'a Credentials>,
+    /// The generation's `[environment]`: replaces inherited values of the same name.
+    pub extra: &'a [(String, String)],
     /// The worker gets a journal stream of its own (the child sets `JOURNAL_STREAM`).
     pub journal: bool,
 }
@@ -81,11 +92,13 @@ impl WorkerEnv<'_> {
                 let replaced = PER_WORKER.contains(&k)
                     || MAIN_PROCESS_ONLY.contains(&k)
                     || (self.journal && k == "JOURNAL_STREAM")
-                    || (self.credentials.is_some() && matches!(k, "USER" | "LOGNAME" | "HOME"));
+                    || (self.credentials.is_some() && matches!(k, "USER" | "LOGNAME" | "HOME"))
+                    || self.extra.iter().any(|(e, _)| e == k);
                 !replaced
             })
             .cloned()
             .collect();
+        env.extend(self.extra.iter().map(|(k, v)| (k.into(), v.into())));
         let mut set = |k: &str, v: OsString| env.push((k.into(), v));
         set("LISTEN_FDS", self.listeners.to_string().into());
         set("LISTEN_FDNAMES", self.fd_names.into());
@@ -93,10 +106,18 @@ impl WorkerEnv<'_> {
         set("HANDOFF_GENERATION", self.generation.to_string().into());
         set("HANDOFF_WORKER", self.slot.to_string().into());
         if let Some(c) = self.credentials {
-            // What a login (or systemd's User=) would set.
-            set("USER", c.name.clone().into());
-            set("LOGNAME", c.name.clone().into());
-            set("HOME", c.home.clone().into_os_string());
+            // What a login (or systemd's User=) would set, unless `[environment]` says
+            // otherwise: the operator's explicit value wins, and a name appears once.
+            let given = |k: &str| self.extra.iter().any(|(e, _)| e == k);
+            for (k, v) in [
+                ("USER", OsString::from(&c.name)),
+                ("LOGNAME", OsString::from(&c.name)),
+                ("HOME", c.home.clone().into_os_string()),
+            ] {
+                if !given(k) {
+                    set(k, v);
+                }
+            }
         }
         env
     }
@@ -140,6 +161,7 @@ mod tests {
             generation: 3,
             slot: 1,
             credentials: Some(&creds),
+            extra: &[],
             journal: true,
         }
         .build();
@@ -158,5 +180,40 @@ mod tests {
         assert!(get(&env, "WATCHDOG_USEC").is_empty());
         assert!(get(&env, "RUNTIME_DIRECTORY").is_empty());
         assert_eq!(get(&env, "INVOCATION_ID"), ["abc"]);
+    }
+
+    #[test]
+    fn the_generations_environment_replaces_inherited_values_once() {
+        let base: Vec<(OsString, OsString)> = vec![
+            ("PATH".into(), "/usr/bin".into()),
+            ("NODE_ENV".into(), "development".into()),
+        ];
+        let creds = Credentials {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![],
+            name: "nobody".into(),
+            home: "/nonexistent".into(),
+        };
+        let extra = [
+            ("NODE_ENV".to_string(), "production".to_string()),
+            ("HOME".to_string(), "/srv/app".to_string()),
+        ];
+        let env = WorkerEnv {
+            base: &base,
+            listeners: 1,
+            fd_names: "http",
+            notify_socket: Path::new("/run/x/notify/n"),
+            generation: 2,
+            slot: 0,
+            credentials: Some(&creds),
+            extra: &extra,
+            journal: false,
+        }
+        .build();
+        assert_eq!(get(&env, "NODE_ENV"), ["production"]);
+        assert_eq!(get(&env, "HOME"), ["/srv/app"]);
+        assert_eq!(get(&env, "USER"), ["nobody"]);
+        assert_eq!(get(&env, "PATH"), ["/usr/bin"]);
     }
 }

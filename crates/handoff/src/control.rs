@@ -24,6 +24,10 @@ pub enum Command {
         if_changed: bool,
         reply: oneshot::Sender<ReloadReply>,
     },
+    Scale {
+        workers: usize,
+        reply: oneshot::Sender<ReloadReply>,
+    },
     Status {
         reply: oneshot::Sender<StatusReport>,
     },
@@ -151,15 +155,13 @@ async fn handle(
             Err(e) => Response::Error(format!(
                 "bad request ({e}); expected {{\"cmd\":\"reload\"}} or {{\"cmd\":\"status\"}}"
             )),
-            Ok(Request::Reload { .. } | Request::ReloadKeepalive { .. })
-                if access == Access::StatusOnly =>
-            {
-                Response::Error(
-                    "this is the read-only status socket: reload needs the control socket \
-                     (run `handoff reload` as root)"
-                        .into(),
-                )
-            }
+            Ok(
+                Request::Reload { .. } | Request::ReloadKeepalive { .. } | Request::Scale { .. },
+            ) if access == Access::StatusOnly => Response::Error(
+                "this is the read-only status socket: reload and scale need the control \
+                 socket (run `handoff reload` as root)"
+                    .into(),
+            ),
             Ok(Request::Reload { if_changed }) => {
                 let (reply, rx) = oneshot::channel();
                 let _ = tx.send(Command::Reload { if_changed, reply }).await;
@@ -169,32 +171,19 @@ async fn handle(
                 }
             }
             Ok(Request::ReloadKeepalive { if_changed }) => {
-                let (reply, mut rx) = oneshot::channel();
+                let (reply, rx) = oneshot::channel();
                 let _ = tx.send(Command::Reload { if_changed, reply }).await;
-                let mut beat = tokio::time::interval(PROGRESS_EVERY);
-                beat.tick().await; // the first tick is immediate
-                loop {
-                    tokio::select! {
-                        r = &mut rx => break match r {
-                            Ok(r) => Response::Reload(r),
-                            Err(_) => Response::Error("handoff is shutting down".into()),
-                        },
-                        _ = beat.tick() => {
-                            // Asked of the supervisor loop itself: a beat means the loop, not
-                            // just this task, is alive.
-                            let (sreply, srx) = oneshot::channel();
-                            let _ = tx.send(Command::Status { reply: sreply }).await;
-                            let Ok(st) = srx.await else { continue };
-                            let mut line = serde_json::to_string(&Response::Progress(progress_line(&st)))
-                                .expect("responses serialize");
-                            line.push('\n');
-                            // A client that went away does not stop the rollover.
-                            if write.write_all(line.as_bytes()).await.is_err() {
-                                let _ = rx.await;
-                                return Ok(());
-                            }
-                        }
-                    }
+                match with_progress(rx, &tx, &mut write).await {
+                    Some(r) => r,
+                    None => return Ok(()),
+                }
+            }
+            Ok(Request::Scale { workers }) => {
+                let (reply, rx) = oneshot::channel();
+                let _ = tx.send(Command::Scale { workers, reply }).await;
+                match with_progress(rx, &tx, &mut write).await {
+                    Some(r) => r,
+                    None => return Ok(()),
                 }
             }
             Ok(Request::Status) => {
@@ -211,6 +200,40 @@ async fn handle(
     out.push('\n');
     write.write_all(out.as_bytes()).await?;
     write.shutdown().await
+}
+
+/// Waits for a rollover's answer, writing a progress line every [`PROGRESS_EVERY`]. `None`:
+/// the client went away (the rollover goes on; its answer is dropped).
+async fn with_progress(
+    mut rx: oneshot::Receiver<ReloadReply>,
+    tx: &mpsc::Sender<Command>,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+) -> Option<Response> {
+    let mut beat = tokio::time::interval(PROGRESS_EVERY);
+    beat.tick().await; // the first tick is immediate
+    loop {
+        tokio::select! {
+            r = &mut rx => return Some(match r {
+                Ok(r) => Response::Reload(r),
+                Err(_) => Response::Error("handoff is shutting down".into()),
+            }),
+            _ = beat.tick() => {
+                // Asked of the supervisor loop itself: a beat means the loop, not just this
+                // task, is alive.
+                let (sreply, srx) = oneshot::channel();
+                let _ = tx.send(Command::Status { reply: sreply }).await;
+                let Ok(st) = srx.await else { continue };
+                let mut line = serde_json::to_string(&Response::Progress(progress_line(&st)))
+                    .expect("responses serialize");
+                line.push('\n');
+                // A client that went away does not stop the rollover.
+                if write.write_all(line.as_bytes()).await.is_err() {
+                    let _ = rx.await;
+                    return None;
+                }
+            }
+        }
+    }
 }
 
 /// One line on what a rollover is doing, for `reload` progress.

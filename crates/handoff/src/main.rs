@@ -95,7 +95,15 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Sub::Reload(args) => reload(&args.client, args.if_changed),
+        Sub::Reload(args) => {
+            let if_changed = args.if_changed;
+            rollover(&args.client, "reload", &mut |path, idle, progress| {
+                protocol::reload(path, if_changed, idle, progress)
+            })
+        }
+        Sub::Scale(args) => rollover(&args.client, "scale", &mut |path, idle, progress| {
+            protocol::scale(path, args.workers, idle, progress)
+        }),
         Sub::Status(args) => status(&args.client, args.json),
         Sub::Man { dir } => match handoff::cli::write_man_pages(&dir) {
             Ok(pages) => {
@@ -149,7 +157,10 @@ fn run(args: RunArgs, inh: Inherited) -> i32 {
             return exit::CONFIG;
         }
     };
-    let credentials = match worker_credentials(&settings) {
+    let credentials = match handoff::spawn::Credentials::for_workers(
+        settings.user.as_deref(),
+        settings.group.as_deref(),
+    ) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("{e}");
@@ -162,7 +173,11 @@ fn run(args: RunArgs, inh: Inherited) -> i32 {
         tracing::error!("status_group = {g:?}: {e}");
         return exit::CONFIG;
     }
-    match prepare_and_run(settings, credentials, inh) {
+    let reload = supervisor::ConfigSource {
+        file: args.config.clone(),
+        cli: args.options(),
+    };
+    match prepare_and_run(settings, credentials, reload, inh) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -171,26 +186,10 @@ fn run(args: RunArgs, inh: Inherited) -> i32 {
     }
 }
 
-/// Who workers run as (`user =`, `group =`): unknown names are config errors.
-fn worker_credentials(
-    settings: &config::Settings,
-) -> Result<Option<handoff::spawn::Credentials>, String> {
-    let Some(user) = &settings.user else {
-        return Ok(None);
-    };
-    let c = handoff::spawn::Credentials::resolve(user, settings.group.as_deref())
-        .map_err(|e| format!("user = {user:?}: {e}"))?;
-    if !nix::unistd::getuid().is_root() && c.uid != nix::unistd::getuid().as_raw() {
-        return Err(format!(
-            "user = {user:?}: handoff must run as root to start workers as another user"
-        ));
-    }
-    Ok(Some(c))
-}
-
 fn prepare_and_run(
     settings: config::Settings,
     credentials: Option<handoff::spawn::Credentials>,
+    config: supervisor::ConfigSource,
     inh: Inherited,
 ) -> anyhow::Result<i32> {
     let listeners = if inh.activated.is_empty() {
@@ -241,6 +240,7 @@ fn prepare_and_run(
     };
     let rt = Runtime {
         settings,
+        config,
         listeners,
         base_env: std::env::vars_os().collect(),
         notifier,
@@ -311,7 +311,15 @@ fn running_apps() -> Vec<String> {
     apps
 }
 
-fn reload(client: &handoff::cli::ClientArgs, if_changed: bool) -> i32 {
+type Ask<'a> = dyn FnMut(
+        &std::path::Path,
+        Option<std::time::Duration>,
+        &mut dyn FnMut(&str),
+    ) -> Result<Response, ClientError>
+    + 'a;
+
+/// `reload` and `scale`: ask for a rollover, wait for its outcome, print it, exit by it.
+fn rollover(client: &handoff::cli::ClientArgs, what: &str, ask: &mut Ask) -> i32 {
     let path = client.control_path();
     // Progress lines are for a person watching; under systemd (ExecReload=) they'd be noise.
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -320,7 +328,7 @@ fn reload(client: &handoff::cli::ClientArgs, if_changed: bool) -> i32 {
             eprintln!("handoff: {p}");
         }
     };
-    match protocol::reload(&path, if_changed, client.timeout(), &mut progress) {
+    match ask(&path, client.timeout(), &mut progress) {
         Ok(Response::Reload(r)) => {
             for w in &r.warnings {
                 eprintln!("handoff: warning: {}", printable(w));
@@ -331,7 +339,7 @@ fn reload(client: &handoff::cli::ClientArgs, if_changed: bool) -> i32 {
                 0
             } else {
                 eprintln!(
-                    "handoff: reload failed ({}): {}",
+                    "handoff: {what} failed ({}): {}",
                     r.outcome,
                     printable(&r.message)
                 );
@@ -345,7 +353,7 @@ fn reload(client: &handoff::cli::ClientArgs, if_changed: bool) -> i32 {
         }
         Ok(_) => {
             eprintln!(
-                "handoff: {} answered a reload with something else",
+                "handoff: {} answered a {what} with something else",
                 path.display()
             );
             exit::SOFTWARE

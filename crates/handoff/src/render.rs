@@ -30,6 +30,41 @@ pub fn status(r: &StatusReport) -> String {
         }
     );
     let _ = writeln!(o, "sockets: {}", printable(&r.listeners.join(", ")));
+    if let Some(st) = &r.settings {
+        let _ = writeln!(
+            o,
+            "settings in force: {} worker(s), {}; ready {} within {}; drain {} within {}{}{}{}",
+            st.workers,
+            if st.rolling {
+                "rolling"
+            } else {
+                "whole generation"
+            },
+            printable(&st.ready),
+            printable(&st.ready_timeout),
+            printable(&st.drain_signal),
+            printable(&st.drain_timeout),
+            match (&st.user, &st.group) {
+                (Some(u), Some(g)) => format!("; user {} group {}", printable(u), printable(g)),
+                (Some(u), None) => format!("; user {}", printable(u)),
+                _ => String::new(),
+            },
+            if st.environment.is_empty() {
+                String::new()
+            } else {
+                format!("; environment {}", printable(&st.environment.join(" ")))
+            },
+            format_args!("; command {}", printable(&st.command.join(" "))),
+        );
+    }
+    if let (Some(f), Some(d)) = (&r.config_file, &r.config_differs) {
+        let _ = writeln!(
+            o,
+            "CONFIG FILE DIFFERS: {}: {}",
+            printable(&f.display().to_string()),
+            printable(d)
+        );
+    }
     for g in &r.generations {
         let tag = if g.number == r.current_generation {
             " (current)"

@@ -42,7 +42,7 @@ pub struct WorkerSpec<'a> {
 }
 
 /// Who workers run as, resolved once at start (name lookups are not fork-safe).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub uid: u32,
     pub gid: u32,
@@ -53,6 +53,21 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// Who workers run as (`user =`, `group =`); `None` without `user`. Unknown names, and
+    /// another user when handoff is not root, are errors.
+    pub fn for_workers(user: Option<&str>, group: Option<&str>) -> Result<Option<Self>, String> {
+        let Some(user) = user else {
+            return Ok(None);
+        };
+        let c = Credentials::resolve(user, group).map_err(|e| format!("user = {user:?}: {e}"))?;
+        if !nix::unistd::getuid().is_root() && c.uid != nix::unistd::getuid().as_raw() {
+            return Err(format!(
+                "user = {user:?}: handoff must run as root to start workers as another user"
+            ));
+        }
+        Ok(Some(c))
+    }
+
     /// Looks up `user` (name or uid) and `group` (name or gid; default: the user's group).
     pub fn resolve(user: &str, group: Option<&str>) -> Result<Credentials, String> {
         use nix::unistd::{Gid, Group, Uid, User};

@@ -54,6 +54,7 @@ fn report() {
     let r = serde_json::json!({
         "pid": pid,
         "pgid": nix::unistd::getpgrp().as_raw(),
+        "args": std::env::args().collect::<Vec<_>>(),
         "ppid": nix::unistd::getppid().as_raw(),
         "fds": fds,
         "env": env,

@@ -28,12 +28,13 @@ use super::Runtime;
 use super::machine::{
     Action, ExitStatus, Input, Level, Log, Machine, Policy, SystemdState, WaiterId, WorkerId,
 };
+use crate::config;
 use crate::contract::WorkerEnv;
 use crate::control::{self, Command};
 use crate::journal::{self, JournalStream};
 use crate::listeners;
 use crate::notify::{NotifySocket, Received};
-use crate::spawn::{self, WorkerSpec};
+use crate::spawn::{self, Credentials, WorkerSpec};
 
 /// How long reading the version file may take (it lives on the app's disk, maybe NFS).
 const VERSION_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,8 +57,11 @@ struct Executor {
     next_waiter: WaiterId,
     /// `--on-drain-timeout` hooks still running.
     hooks: HashMap<Pid, String>,
-    /// The worker program, resolved on `PATH` once.
-    program: Option<PathBuf>,
+    /// The worker program as the command names it, and as resolved on `PATH` (once per
+    /// name: a reload may change the command).
+    program: Option<(String, PathBuf)>,
+    /// The runtime and notify dirs are traversable (0711) for workers of another user.
+    traversable: bool,
     notify_dir: PathBuf,
     /// Under journald: handoff's unit, for the workers' journal streams.
     journal_unit: Option<String>,
@@ -120,7 +124,10 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
         && std::path::Path::new(JournalStream::SOCKET).exists())
     .then(|| journal::own_unit().unwrap_or_default());
     let now = Instant::now();
-    let machine = Machine::new(Policy::from_settings(&rt.settings), now);
+    let machine = Machine::new(
+        Policy::from_settings(&rt.settings, rt.credentials.clone()),
+        now,
+    );
     info!(
         listeners = %rt.listeners.iter().map(|l| format!("{}={}", l.name, l.describe)).collect::<Vec<_>>().join(" "),
         workers = rt.settings.workers,
@@ -128,6 +135,7 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
         "handoff starting"
     );
     let watchdog_period = rt.watchdog.map(|d| d / 2);
+    let rt_traversable = rt.credentials.is_some() || rt.status_gid.is_some();
     let mut ex = Executor {
         rt,
         machine,
@@ -139,6 +147,7 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
         next_waiter: 1,
         hooks: HashMap::new(),
         program: None,
+        traversable: rt_traversable,
         notify_dir,
         journal_unit,
         last_status_line: String::new(),
@@ -164,7 +173,7 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
             Some(cmd) = control_rx.recv() => ex.on_command(cmd),
             _ = sighup.recv() => {
                 info!("SIGHUP: rollover requested");
-                ex.queue.push_back(Input::Reload { waiter: None, if_changed: false });
+                ex.reload(None, false);
             }
             _ = sigterm.recv() => ex.queue.push_back(Input::Shutdown { why: "SIGTERM".into(), code: 0 }),
             _ = sigint.recv() => {
@@ -329,15 +338,119 @@ impl Executor {
                 let id = self.next_waiter;
                 self.next_waiter += 1;
                 self.waiters.insert(id, reply);
-                self.queue.push_back(Input::Reload {
+                self.reload(Some(id), if_changed);
+            }
+            Command::Scale { workers, reply } => {
+                info!(workers, "scale requested on the control socket");
+                let id = self.next_waiter;
+                self.next_waiter += 1;
+                self.waiters.insert(id, reply);
+                self.queue.push_back(Input::Scale {
                     waiter: Some(id),
-                    if_changed,
+                    workers,
                 });
             }
             Command::Status { reply } => {
                 let _ = reply.send(self.status_report());
             }
         }
+    }
+
+    /// A reload: with `--config`, the file is read again and validated here, and the machine
+    /// gets the result (new settings, or why the file was refused).
+    fn reload(&mut self, waiter: Option<WaiterId>, if_changed: bool) {
+        let input = match self.reread() {
+            None => Input::Reload { waiter, if_changed },
+            Some(Ok((policy, restart_needed))) => {
+                self.allow_other_users(&policy);
+                Input::ReloadConfig {
+                    waiter,
+                    if_changed,
+                    config: Ok(Box::new(policy)),
+                    restart_needed,
+                }
+            }
+            Some(Err(e)) => Input::ReloadConfig {
+                waiter,
+                if_changed,
+                config: Err(e),
+                restart_needed: Vec::new(),
+            },
+        };
+        self.queue.push_back(input);
+    }
+
+    /// The config file's settings now, completely validated (users resolved); `None`
+    /// without `--config`.
+    fn reread(&self) -> Option<Result<(Policy, Vec<String>), String>> {
+        let file = self.rt.config.file.as_ref()?;
+        let read = config::reread(
+            file,
+            &self.rt.config.cli,
+            &self.rt.settings,
+            &self.restart_command(),
+        );
+        Some(read.map_err(|e| e.to_string()).and_then(|(s, notes)| {
+            let creds = Credentials::for_workers(s.user.as_deref(), s.group.as_deref())
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            Ok((Policy::from_settings(&s, creds), notes))
+        }))
+    }
+
+    /// The command that applies settings bound at start.
+    fn restart_command(&self) -> String {
+        match &self.journal_unit {
+            Some(u) if u.starts_with("handoff@") => {
+                format!("systemctl restart {}", u.trim_end_matches(".service"))
+            }
+            _ => "systemctl restart handoff@APP".into(),
+        }
+    }
+
+    /// Workers of another user reach their notify sockets through the runtime and notify
+    /// dirs: open them to traversal (0711, as at start with `user =`) before the first such
+    /// worker starts.
+    fn allow_other_users(&mut self, policy: &Policy) {
+        if policy.credentials.is_none() || self.traversable {
+            return;
+        }
+        for dir in [&self.rt.runtime_dir, &self.notify_dir] {
+            if let Err(e) = paths::make_private_dir(dir, true) {
+                warn!("cannot open {} to the workers' user: {e}", dir.display());
+                return;
+            }
+        }
+        self.traversable = true;
+    }
+
+    /// How the config file differs from the settings in force, for `handoff status`.
+    fn config_differs(&self) -> Option<String> {
+        let file = self.rt.config.file.as_ref()?;
+        let (s, notes) = match config::reread(
+            file,
+            &self.rt.config.cli,
+            &self.rt.settings,
+            &self.restart_command(),
+        ) {
+            Ok(r) => r,
+            Err(e) => return Some(format!("the file cannot be applied: {e}")),
+        };
+        // Users are not looked up for a status: names are compared.
+        let changes = self
+            .machine
+            .in_force()
+            .changes(&Policy::from_settings(&s, None));
+        let mut parts = Vec::new();
+        if !changes.is_empty() {
+            parts.push(format!(
+                "{} differ{} from the settings in force; `handoff reload` applies {}",
+                changes.join(", "),
+                if changes.len() == 1 { "s" } else { "" },
+                if changes.len() == 1 { "it" } else { "them" }
+            ));
+        }
+        parts.extend(notes);
+        (!parts.is_empty()).then(|| parts.join("; "))
     }
 
     fn status_report(&self) -> StatusReport {
@@ -351,6 +464,8 @@ impl Executor {
             .map(|l| format!("{}={}", l.name, l.describe))
             .collect();
         r.log_lines_dropped = handoff_common::logging::dropped_lines();
+        r.config_file = self.rt.config.file.clone();
+        r.config_differs = self.config_differs();
         r
     }
 
@@ -425,27 +540,30 @@ impl Executor {
 
     /// Starts one worker: its notify socket, its environment, fork/exec. Returns its pid.
     fn spawn(&mut self, worker: WorkerId, slot: usize, generation: u64) -> Result<i32, SpawnError> {
+        // Its generation's settings: a restart in an old generation runs the old command.
+        let settings = self.machine.settings_of(generation).clone();
+        let name = &settings.command[0];
         let program = match &self.program {
-            Some(p) => p.clone(),
-            None => {
+            Some((n, p)) if n == name => p.clone(),
+            _ => {
                 let path = self
                     .rt
                     .base_env
                     .iter()
                     .find(|(k, _)| k == "PATH")
                     .map(|(_, v)| v.as_os_str());
-                let p = spawn::resolve_program(&self.rt.settings.command[0], path)
-                    .map_err(SpawnError::release)?;
-                self.program = Some(p.clone());
+                let p = spawn::resolve_program(name, path).map_err(SpawnError::release)?;
+                self.program = Some((name.clone(), p.clone()));
                 p
             }
         };
+        let credentials = settings.credentials.as_ref();
         // Unguessable (only this worker is told the name) and of a fixed length, so the
         // longest path is known at start (`check_notify_dir`).
         let ours = |error| SpawnError { error, ours: true };
         let name = crate::notify::socket_name().map_err(|e| ours(format!("getrandom: {e}")))?;
         let sock_path = self.notify_dir.join(name);
-        let mut socket = self.notify_socket(&sock_path).map_err(ours)?;
+        let mut socket = self.notify_socket(&sock_path, credentials).map_err(ours)?;
         let journal = self.journal_unit.as_ref().map(|unit| {
             // `node@w1`: the slot, the same across rollovers, so `journalctl -t node@w1`
             // follows one worker; journalctl shows it with the pid (one per generation).
@@ -462,18 +580,19 @@ impl Executor {
             notify_socket: &sock_path,
             generation,
             slot,
-            credentials: self.rt.credentials.as_ref(),
+            credentials,
+            extra: &settings.environment,
             journal: journal.is_some(),
         }
         .build();
         let fds: Vec<_> = self.rt.listeners.iter().map(|l| l.fd()).collect();
         let spec = WorkerSpec {
             program: &program,
-            args: &self.rt.settings.command,
+            args: &settings.command,
             env: &env,
             listeners: &fds,
-            parent_death_signal: self.rt.settings.drain_signal,
-            credentials: self.rt.credentials.as_ref(),
+            parent_death_signal: settings.drain_signal,
+            credentials,
             journal: journal.as_ref(),
             nofile: self.rt.nofile,
         };
@@ -542,7 +661,11 @@ impl Executor {
         }
     }
 
-    fn notify_socket(&mut self, path: &std::path::Path) -> Result<NotifySocket, String> {
+    fn notify_socket(
+        &mut self,
+        path: &std::path::Path,
+        credentials: Option<&Credentials>,
+    ) -> Result<NotifySocket, String> {
         // The dir is ours alone, but someone may have removed it (tmpfiles, an operator):
         // make it again rather than fail every start from now on.
         if !self.notify_dir.is_dir() {
@@ -550,17 +673,17 @@ impl Executor {
                 "the notify directory {} is gone; making it again",
                 self.notify_dir.display()
             );
-            paths::make_private_dir(&self.notify_dir, self.rt.credentials.is_some())
+            paths::make_private_dir(&self.notify_dir, self.traversable)
                 .map_err(|e| format!("cannot make {}: {e}", self.notify_dir.display()))?;
             self.ensure_control_socket();
         }
         let mut allowed = vec![0, nix::unistd::getuid().as_raw()];
-        if let Some(c) = &self.rt.credentials {
+        if let Some(c) = credentials {
             allowed.push(c.uid);
         }
         let sock = NotifySocket::bind(path, allowed)
             .map_err(|e| format!("cannot create notify socket {}: {e}", path.display()))?;
-        if let Some(c) = &self.rt.credentials {
+        if let Some(c) = credentials {
             // The worker's user alone may send to it.
             use std::os::unix::fs::PermissionsExt;
             std::os::unix::fs::chown(path, Some(c.uid), Some(c.gid))
@@ -593,7 +716,11 @@ impl Executor {
             .env("HANDOFF_WORKER", slot.to_string())
             .env(
                 "HANDOFF_DRAIN_TIMEOUT_MS",
-                self.rt.settings.drain_timeout.as_millis().to_string(),
+                self.machine
+                    .settings_of(generation)
+                    .drain_timeout
+                    .as_millis()
+                    .to_string(),
             )
             .stdin(std::process::Stdio::null());
         match c.spawn() {

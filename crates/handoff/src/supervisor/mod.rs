@@ -8,16 +8,27 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::Settings;
+use crate::config::{Options, Settings};
 use crate::listeners::Listener;
 use crate::notify::SystemdNotifier;
 use crate::spawn::Credentials;
 
 pub use executor::run;
 
+/// Where a reload reads the settings again.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// `--config`: `None`, and a reload keeps the settings in force.
+    pub file: Option<PathBuf>,
+    /// The command line given at start: it overrides the file at each reading, as at start.
+    pub cli: Options,
+}
+
 /// Everything prepared in `main` before the event loop starts.
 pub struct Runtime {
+    /// The settings handoff started with (those bound at start stay these).
     pub settings: Settings,
+    pub config: ConfigSource,
     pub listeners: Vec<Listener>,
     /// handoff's environment without the variables meant for handoff alone.
     pub base_env: Vec<(OsString, OsString)>,
@@ -26,7 +37,7 @@ pub struct Runtime {
     pub watchdog: Option<Duration>,
     pub runtime_dir: PathBuf,
     pub control_path: PathBuf,
-    /// Who workers run as, when `user =` is set.
+    /// Who the first generation's workers run as, when `user =` is set.
     pub credentials: Option<Credentials>,
     /// `RLIMIT_NOFILE` as handoff found it (soft, hard), for the workers.
     pub nofile: Option<(u64, u64)>,

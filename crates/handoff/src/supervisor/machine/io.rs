@@ -10,9 +10,13 @@ use nix::sys::signal::Signal;
 use super::{WaiterId, WorkerId};
 use crate::config::{ReadyMode, Settings};
 use crate::notify::Message;
+use crate::spawn::Credentials;
 
-/// The settings the decisions depend on.
-#[derive(Debug, Clone)]
+/// The settings a generation runs with. Each generation keeps its own (a reload may change
+/// all but `version_file` and `drain_timeout_hook`, which are bound at start): its workers
+/// are started, restarted, judged and drained by them, so a rolled back reload leaves the
+/// old ones in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub workers: usize,
     pub rolling: bool,
@@ -24,10 +28,17 @@ pub struct Policy {
     pub version_file: bool,
     /// An `--on-drain-timeout` hook is configured.
     pub drain_timeout_hook: bool,
+    /// What the executor starts the workers with (the machine only keeps them per generation).
+    pub command: Vec<String>,
+    pub environment: Vec<(String, String)>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// `user` / `group` as resolved when the settings were read.
+    pub credentials: Option<Credentials>,
 }
 
 impl Policy {
-    pub fn from_settings(s: &Settings) -> Policy {
+    pub fn from_settings(s: &Settings, credentials: Option<Credentials>) -> Policy {
         Policy {
             workers: s.workers,
             rolling: s.rolling,
@@ -37,7 +48,33 @@ impl Policy {
             drain_signal: s.drain_signal,
             version_file: s.version_file.is_some(),
             drain_timeout_hook: s.on_drain_timeout.is_some(),
+            command: s.command.clone(),
+            environment: s.environment.clone(),
+            user: s.user.clone(),
+            group: s.group.clone(),
+            credentials,
         }
+    }
+
+    /// The settings (by their config file key) in which `other` differs from `self`.
+    pub fn changes(&self, other: &Policy) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut differ = |key, differs: bool| {
+            if differs {
+                out.push(key);
+            }
+        };
+        differ("workers", self.workers != other.workers);
+        differ("command", self.command != other.command);
+        differ("environment", self.environment != other.environment);
+        differ("ready", self.ready != other.ready);
+        differ("ready_timeout", self.ready_timeout != other.ready_timeout);
+        differ("drain_timeout", self.drain_timeout != other.drain_timeout);
+        differ("drain_signal", self.drain_signal != other.drain_signal);
+        differ("rolling", self.rolling != other.rolling);
+        differ("user", self.user != other.user);
+        differ("group", self.group != other.group);
+        out
     }
 }
 
@@ -74,6 +111,21 @@ pub enum Input {
     Reload {
         waiter: Option<WaiterId>,
         if_changed: bool,
+    },
+    /// A reload that re-read the config file (`handoff run --config`): `Ok` with the new
+    /// settings, validated completely (restart-bound ones already kept at their running
+    /// values), or `Err` with why the file was refused (nothing changes then).
+    /// `restart_needed`: one line per restart-bound setting the file changed.
+    ReloadConfig {
+        waiter: Option<WaiterId>,
+        if_changed: bool,
+        config: Result<Box<Policy>, String>,
+        restart_needed: Vec<String>,
+    },
+    /// `handoff scale N`: a rollover to the settings in force with `workers` workers.
+    Scale {
+        waiter: Option<WaiterId>,
+        workers: usize,
     },
     /// The answer to [`Action::ReadVersion`].
     Version(VersionInfo),

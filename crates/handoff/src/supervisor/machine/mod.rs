@@ -165,6 +165,8 @@ enum Mode {
 #[derive(Debug)]
 struct Rollover {
     generation: u64,
+    /// The new generation's worker count (its `Policy::workers`).
+    workers: usize,
     started: Instant,
     mode: Mode,
     waiters: Vec<Waiter>,
@@ -183,6 +185,8 @@ enum RolloverPhase {
     Preparing {
         waiters: Vec<Waiter>,
         initial: bool,
+        /// What the new generation is to run with.
+        settings: Policy,
     },
     Running(Rollover),
 }
@@ -200,6 +204,7 @@ enum Life {
 struct Generation {
     started: Instant,
     version: Option<VersionInfo>,
+    policy: Policy,
 }
 
 /// The release a rolled back generation started from: `--if-changed` won't try it again.
@@ -207,6 +212,8 @@ struct Generation {
 struct FailedRelease {
     hash: String,
     generation: u64,
+    /// The settings it was tried with: new settings make it a new attempt.
+    settings: Policy,
 }
 
 #[derive(Debug, Clone)]
@@ -221,7 +228,14 @@ struct LastRollover {
 }
 
 pub struct Machine {
+    /// The settings handoff started with: the first generation's.
     policy: Policy,
+    /// Settings a reload or scale handed in, for the next rollover to start with (the latest
+    /// wins); `None`: the settings in force.
+    next: Option<Policy>,
+    /// The restart-bound settings the config file changed, as of its last reading: told with
+    /// every reload answer until the file agrees again.
+    restart_needed: Vec<String>,
     workers: BTreeMap<WorkerId, Worker>,
     next_worker: WorkerId,
     slots: Vec<Slot>,
@@ -255,6 +269,8 @@ impl Machine {
             .collect();
         Machine {
             policy,
+            next: None,
+            restart_needed: Vec::new(),
             workers: BTreeMap::new(),
             next_worker: 1,
             slots,
@@ -284,6 +300,28 @@ impl Machine {
                     id: waiter,
                     if_changed,
                 },
+            ),
+            Input::ReloadConfig {
+                waiter,
+                if_changed,
+                config,
+                restart_needed,
+            } => self.on_reload_config(
+                now,
+                Waiter {
+                    id: waiter,
+                    if_changed,
+                },
+                config,
+                restart_needed,
+            ),
+            Input::Scale { waiter, workers } => self.on_scale(
+                now,
+                Waiter {
+                    id: waiter,
+                    if_changed: false,
+                },
+                workers,
             ),
             Input::Version(v) => self.on_version(now, v),
             Input::Spawned { worker, pid } => self.on_spawned(now, worker, pid),
@@ -342,6 +380,36 @@ impl Machine {
         &self.policy
     }
 
+    /// The settings in force: the serving generation's (before the first one serves, the
+    /// settings handoff started with).
+    pub fn in_force(&self) -> &Policy {
+        self.generations
+            .get(&self.current)
+            .map_or(&self.policy, |g| &g.policy)
+    }
+
+    /// The settings `generation` runs with (the executor starts its workers by them).
+    pub fn settings_of(&self, generation: u64) -> &Policy {
+        self.generations
+            .get(&generation)
+            .map_or_else(|| self.in_force(), |g| &g.policy)
+    }
+
+    /// Whether worker `id` serves `slot` (a slot a scale-down removed serves nobody).
+    fn occupies(&self, slot: usize, id: WorkerId) -> bool {
+        self.slots
+            .get(slot)
+            .is_some_and(|s| s.occupant == Occupant::Worker(id))
+    }
+
+    /// The settings worker `id` runs by: its generation's.
+    fn policy_of(&self, id: WorkerId) -> &Policy {
+        match self.workers.get(&id) {
+            Some(w) => self.settings_of(w.generation),
+            None => self.in_force(),
+        }
+    }
+
     // ---- rollovers -----------------------------------------------------------------------
 
     fn on_reload(&mut self, now: Instant, waiter: Waiter) {
@@ -356,8 +424,64 @@ impl Machine {
         }
     }
 
+    /// A reload with the config file just read: a refused file changes nothing (not even
+    /// what a queued rollover will start with); a valid one is what the next rollover runs.
+    fn on_reload_config(
+        &mut self,
+        now: Instant,
+        waiter: Waiter,
+        config: Result<Box<Policy>, String>,
+        restart_needed: Vec<String>,
+    ) {
+        match config {
+            Err(e) => {
+                let message = format!(
+                    "config file refused, nothing changed (generation {} serves): {e}",
+                    self.current
+                );
+                self.log(Level::Error, None, message.clone());
+                let answer = self.refused(&message);
+                self.reply(waiter, answer);
+            }
+            Ok(settings) => {
+                for line in &restart_needed {
+                    self.log(Level::Warn, None, line.clone());
+                }
+                self.restart_needed = restart_needed;
+                self.next = Some(*settings);
+                self.on_reload(now, waiter);
+            }
+        }
+    }
+
+    /// `handoff scale N`: the settings in force (or those a queued reload brought) with N
+    /// workers, until a reload reads the file again.
+    fn on_scale(&mut self, now: Instant, waiter: Waiter, workers: usize) {
+        if workers == 0 || workers > crate::config::MAX_WORKERS {
+            let answer = self.refused(&format!(
+                "cannot scale to {workers} workers: the range is 1..={}",
+                crate::config::MAX_WORKERS
+            ));
+            self.reply(waiter, answer);
+            return;
+        }
+        let mut settings = self.next.take().unwrap_or_else(|| self.in_force().clone());
+        settings.workers = workers;
+        self.next = Some(settings);
+        self.on_reload(now, waiter);
+    }
+
     fn begin(&mut self, now: Instant, waiters: Vec<Waiter>, initial: bool) {
-        self.rollover = RolloverPhase::Preparing { waiters, initial };
+        let settings = if initial {
+            self.policy.clone()
+        } else {
+            self.next.take().unwrap_or_else(|| self.in_force().clone())
+        };
+        self.rollover = RolloverPhase::Preparing {
+            waiters,
+            initial,
+            settings,
+        };
         if self.policy.version_file {
             self.out.push(Action::ReadVersion);
         } else {
@@ -374,17 +498,21 @@ impl Machine {
     /// Settles the `--if-changed` callers against `version`, then starts the rollover for the
     /// rest (if any are left).
     fn start_rollover(&mut self, now: Instant, version: Option<VersionInfo>) {
-        let RolloverPhase::Preparing { waiters, initial } =
-            std::mem::replace(&mut self.rollover, RolloverPhase::Idle)
+        let RolloverPhase::Preparing {
+            waiters,
+            initial,
+            settings,
+        } = std::mem::replace(&mut self.rollover, RolloverPhase::Idle)
         else {
             return;
         };
+        let changes = self.in_force().changes(&settings);
         let (conditional, mut go): (Vec<Waiter>, Vec<Waiter>) =
             waiters.into_iter().partition(|w| w.if_changed && !initial);
         // Settled here, after any earlier rollover has finished, so two triggers for one
         // release give one rollover.
         for w in conditional {
-            match self.settle_if_changed(version.as_ref(), go.is_empty()) {
+            match self.settle_if_changed(version.as_ref(), &settings, go.is_empty()) {
                 Some(answer) => {
                     self.log(
                         Level::Info,
@@ -408,16 +536,26 @@ impl Machine {
             .as_ref()
             .and_then(|v| v.version.clone())
             .unwrap_or_else(|| "-".into());
+        if !initial && !changes.is_empty() {
+            self.log(
+                Level::Info,
+                Some(generation),
+                format!("new settings: {}", changes.join(", ")),
+            );
+        }
+        let (workers, rolling, ready_timeout) =
+            (settings.workers, settings.rolling, settings.ready_timeout);
         self.generations.insert(
             generation,
             Generation {
                 started: now,
                 version,
+                policy: settings,
             },
         );
         let mode = if initial {
             Mode::Initial
-        } else if self.policy.rolling {
+        } else if rolling {
             Mode::Rolling
         } else {
             Mode::Whole
@@ -443,16 +581,15 @@ impl Machine {
         if !initial {
             systemd.push(SystemdState::Reloading);
         }
-        systemd.push(SystemdState::ExtendTimeout(
-            self.policy.ready_timeout + SYSTEMD_SLACK,
-        ));
+        systemd.push(SystemdState::ExtendTimeout(ready_timeout + SYSTEMD_SLACK));
         self.out.push(Action::Systemd(systemd));
         self.rollover = RolloverPhase::Running(Rollover {
             generation,
+            workers,
             started: now,
             mode,
             waiters: go,
-            to_spawn: (0..self.slots.len()).collect(),
+            to_spawn: (0..workers).collect(),
             pending: Vec::new(),
             switched: 0,
         });
@@ -461,7 +598,15 @@ impl Machine {
 
     /// The answer for an `--if-changed` caller, or `None` when it takes part in the rollover.
     /// `alone`: no unconditional caller forces the rollover anyway.
-    fn settle_if_changed(&self, version: Option<&VersionInfo>, alone: bool) -> Option<ReloadReply> {
+    /// New settings (a changed config file) count as a change: the running generation no
+    /// longer matches what is on disk.
+    fn settle_if_changed(
+        &self,
+        version: Option<&VersionInfo>,
+        settings: &Policy,
+        alone: bool,
+    ) -> Option<ReloadReply> {
+        let same_settings = self.in_force().changes(settings).is_empty();
         let Some(v) = version else {
             return Some(self.refused("--if-changed needs `version_file` in handoff's settings"));
         };
@@ -473,7 +618,7 @@ impl Machine {
             .get(&self.current)
             .and_then(|g| g.version.as_ref())
             .map(|v| v.hash.as_str());
-        if alone && current_hash == Some(v.hash.as_str()) {
+        if alone && same_settings && current_hash == Some(v.hash.as_str()) {
             return Some(self.answer(
                 Outcome::Unchanged,
                 format!(
@@ -486,14 +631,16 @@ impl Machine {
         if let Some(f) = &self.failed_release
             && alone
             && f.hash == v.hash
+            && f.settings.changes(settings).is_empty()
         {
             // Retrying the very release that just failed would fail the same way (an rpm
             // scriptlet and the .path trigger both asking, say).
             return Some(self.answer(
                 Outcome::Unchanged,
                 format!(
-                    "{} is the release generation {} started from and was rolled back; not \
-                     trying it again (a plain `handoff reload` would); generation {} serves",
+                    "{} is the release generation {} started from (with the same settings) and \
+                     was rolled back; not trying it again (a plain `handoff reload` would); \
+                     generation {} serves",
                     v.path.display(),
                     f.generation,
                     self.current
@@ -563,8 +710,16 @@ impl Machine {
         let generation = ro.generation;
         let more = ro.mode == Mode::Rolling && !ro.to_spawn.is_empty();
         let started = ro.started;
+        let workers = ro.workers;
         for id in pending {
             let slot = self.workers[&id].slot;
+            // Scaling up: the slot exists from its first worker's switch on.
+            while self.slots.len() <= slot {
+                self.slots.push(Slot {
+                    occupant: Occupant::Vacant,
+                    crashes: 0,
+                });
+            }
             // Replacing the occupant also cancels a restart pending for this slot.
             let old = std::mem::replace(&mut self.slots[slot].occupant, Occupant::Worker(id));
             if let Occupant::Worker(old) = old {
@@ -575,6 +730,13 @@ impl Machine {
         if more {
             self.spawn_next(now);
             return;
+        }
+        // Scaling down: the slots the new generation has no worker for go, their workers
+        // drained like any replaced one.
+        for old in self.slots.split_off(workers.min(self.slots.len())) {
+            if let Occupant::Worker(old) = old.occupant {
+                self.drain(now, old, "scaled down");
+            }
         }
         let n = self.slots.len();
         let message = format!(
@@ -703,6 +865,7 @@ impl Machine {
             Outcome::RolledBack | Outcome::Partial => hash.map(|hash| FailedRelease {
                 hash,
                 generation: ro.generation,
+                settings: self.settings_of(ro.generation).clone(),
             }),
             _ => None,
         };
@@ -760,12 +923,13 @@ impl Machine {
     // ---- workers -------------------------------------------------------------------------
 
     fn on_spawned(&mut self, now: Instant, id: WorkerId, pid: i32) {
-        let ready_timeout = self.policy.ready_timeout;
-        let delay = match self.policy.ready {
+        let p = self.policy_of(id);
+        let ready_timeout = p.ready_timeout;
+        let delay = match p.ready {
             ReadyMode::Delay(d) => Some(now + d),
             ReadyMode::Notify => None,
         };
-        let signal = self.policy.drain_signal;
+        let signal = p.drain_signal;
         let Some(w) = self.workers.get_mut(&id) else {
             return;
         };
@@ -802,7 +966,7 @@ impl Machine {
                 w.slot, w.generation
             );
             self.fail_rollover(now, reason, !ours);
-        } else if self.slots[w.slot].occupant == Occupant::Worker(id) {
+        } else if self.occupies(w.slot, id) {
             self.log(
                 Level::Error,
                 Some(w.generation),
@@ -814,7 +978,7 @@ impl Machine {
     }
 
     fn on_notify(&mut self, now: Instant, id: WorkerId, msg: Message) {
-        let notify_mode = self.policy.ready == ReadyMode::Notify;
+        let notify_mode = self.policy_of(id).ready == ReadyMode::Notify;
         let Some(w) = self.workers.get_mut(&id) else {
             return;
         };
@@ -891,7 +1055,7 @@ impl Machine {
                 format!(
                     "ALERT: pid {pid}, a descendant of a worker re-parented to handoff, still runs \
                      {} after the drain signal; sending SIGKILL",
-                    human(self.policy.drain_timeout)
+                    human(self.in_force().drain_timeout)
                 ),
             );
             self.kill(pid);
@@ -923,15 +1087,17 @@ impl Machine {
             // A restarted worker that never got ready: drain it and count a crash.
             self.log_worker(Level::Warn, id, reason);
             self.drain(now, id, "not ready in time");
-            if self.slots[slot].occupant == Occupant::Worker(id) {
+            if self.occupies(slot, id) {
                 self.schedule_restart(now, slot);
             }
         }
     }
 
     fn drain(&mut self, now: Instant, id: WorkerId, why: &str) {
-        let deadline = now + self.policy.drain_timeout;
-        let signal = self.policy.drain_signal;
+        // By its own generation's settings: the signal its program understands.
+        let p = self.policy_of(id);
+        let deadline = now + p.drain_timeout;
+        let signal = p.drain_signal;
         let Some(w) = self.workers.get_mut(&id) else {
             return;
         };
@@ -953,7 +1119,7 @@ impl Machine {
     }
 
     fn drain_deadline_passed(&mut self, id: WorkerId) {
-        let timeout = self.policy.drain_timeout;
+        let timeout = self.policy_of(id).drain_timeout;
         let hook = self.policy.drain_timeout_hook;
         let Some(w) = self.workers.get_mut(&id) else {
             return;
@@ -1063,7 +1229,7 @@ impl Machine {
         if let Some(ro) = self.rollover_of(id) {
             ro.pending.retain(|p| *p != id);
             self.fail_rollover(now, reason, true);
-        } else if self.slots[slot].occupant == Occupant::Worker(id) && !self.shutting_down() {
+        } else if self.occupies(slot, id) && !self.shutting_down() {
             if stable {
                 self.slots[slot].crashes = 0;
             }
@@ -1187,13 +1353,11 @@ impl Machine {
     }
 
     fn drain_stray(&mut self, now: Instant, pid: i32) {
-        let deadline = now + self.policy.drain_timeout;
+        let p = self.in_force();
+        let (deadline, signal) = (now + p.drain_timeout, p.drain_signal);
         if let Some(s @ Stray::Attached { .. }) = self.strays.get_mut(&pid) {
             *s = Stray::Draining { deadline };
-            self.out.push(Action::Signal {
-                pid,
-                signal: self.policy.drain_signal,
-            });
+            self.out.push(Action::Signal { pid, signal });
         }
     }
 
@@ -1215,19 +1379,24 @@ impl Machine {
         if self.shutting_down() {
             return;
         }
+        // Each generation drains by its own timeout: the longest bounds the stop.
+        let longest = self
+            .generations
+            .values()
+            .map(|g| g.policy.drain_timeout)
+            .chain([self.in_force().drain_timeout])
+            .max()
+            .unwrap_or_default();
         self.log(
             Level::Info,
             None,
-            format!(
-                "{why}: draining all workers (up to {})",
-                human(self.policy.drain_timeout)
-            ),
+            format!("{why}: draining all workers (up to {})", human(longest)),
         );
         self.life = Life::ShuttingDown { code };
         self.out.push(Action::Systemd(vec![
             SystemdState::Stopping,
             SystemdState::Status("stopping: draining workers".into()),
-            SystemdState::ExtendTimeout(self.policy.drain_timeout + SYSTEMD_SLACK),
+            SystemdState::ExtendTimeout(longest + SYSTEMD_SLACK),
         ]));
         let abandoned = match std::mem::replace(&mut self.rollover, RolloverPhase::Idle) {
             RolloverPhase::Idle => vec![],
@@ -1299,8 +1468,10 @@ impl Machine {
         self.answer(Outcome::Refused, message.to_string())
     }
 
-    fn reply(&mut self, w: Waiter, reply: ReloadReply) {
+    /// Every answer also says which restart-bound settings the config file changed.
+    fn reply(&mut self, w: Waiter, mut reply: ReloadReply) {
         if let Some(waiter) = w.id {
+            reply.warnings.extend(self.restart_needed.iter().cloned());
             self.out.push(Action::Reply { waiter, reply });
         }
     }

@@ -4,10 +4,40 @@ use std::time::{Duration, Instant};
 
 use handoff_common::duration::human;
 use handoff_common::protocol::{
-    GenerationStatus, Outcome, RolloverStatus, SlotStatus, StatusReport, WorkerStatus,
+    GenerationStatus, Outcome, RolloverStatus, SettingsStatus, SlotStatus, StatusReport,
+    WorkerStatus,
 };
 
-use super::{Machine, Occupant, Phase, RolloverPhase};
+use super::{Machine, Occupant, Phase, Policy, RolloverPhase};
+use crate::config::ReadyMode;
+
+/// A duration as the config file takes it: `500ms`, `60s`.
+pub fn config_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// How `handoff status` shows a generation's settings.
+pub fn settings_status(p: &Policy) -> SettingsStatus {
+    SettingsStatus {
+        workers: p.workers,
+        command: p.command.clone(),
+        ready: match p.ready {
+            ReadyMode::Notify => "notify".into(),
+            ReadyMode::Delay(d) => format!("delay:{}", config_duration(d)),
+        },
+        ready_timeout: config_duration(p.ready_timeout),
+        drain_timeout: config_duration(p.drain_timeout),
+        drain_signal: p.drain_signal.as_str().to_string(),
+        rolling: p.rolling,
+        user: p.user.clone(),
+        group: p.group.clone(),
+        environment: p.environment.iter().map(|(k, _)| k.clone()).collect(),
+    }
+}
 
 impl Machine {
     /// Slots whose worker is ready.
@@ -90,6 +120,9 @@ impl Machine {
             shutting_down: self.shutting_down(),
             forced_kills: self.forced_kills,
             log_lines_dropped: 0,
+            settings: Some(settings_status(self.in_force())),
+            config_file: None,
+            config_differs: None,
         }
     }
 

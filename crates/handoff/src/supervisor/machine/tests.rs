@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Reloads that bring settings (a re-read config file) and `scale`.
+mod settings;
+
 const MS: Duration = Duration::from_millis(1);
 
 fn policy(workers: usize) -> Policy {
@@ -15,6 +18,11 @@ fn policy(workers: usize) -> Policy {
         drain_signal: Signal::SIGTERM,
         version_file: false,
         drain_timeout_hook: false,
+        command: vec!["app".into()],
+        environment: vec![],
+        user: None,
+        group: None,
+        credentials: None,
     }
 }
 
