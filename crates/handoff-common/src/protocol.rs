@@ -146,6 +146,19 @@ pub struct SlotStatus {
     pub restart_in_ms: Option<u64>,
 }
 
+/// New workers all ready, in their stability window (`min_uptime`): the old generation still
+/// serves beside them and is drained only once the window has passed without a crash.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StabilizingStatus {
+    pub generation: u64,
+    /// The slots whose new workers are in the window (all slots, or one with `--rolling`).
+    pub slots: Vec<usize>,
+    /// Time left until the window ends.
+    pub left_ms: u64,
+    /// The whole window (`min_uptime`).
+    pub min_uptime_ms: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StatusReport {
     pub pid: u32,
@@ -168,6 +181,9 @@ pub struct StatusReport {
     /// handoff's own log lines dropped because its stderr was not writable (full pipe).
     #[serde(default)]
     pub log_lines_dropped: u64,
+    /// The running rollover's new workers are in their stability window.
+    #[serde(default)]
+    pub stabilizing: Option<StabilizingStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -4,10 +4,11 @@ use std::time::{Duration, Instant};
 
 use handoff_common::duration::human;
 use handoff_common::protocol::{
-    GenerationStatus, Outcome, RolloverStatus, SlotStatus, StatusReport, WorkerStatus,
+    GenerationStatus, Outcome, RolloverStatus, SlotStatus, StabilizingStatus, StatusReport,
+    WorkerStatus,
 };
 
-use super::{Machine, Occupant, Phase, RolloverPhase};
+use super::{CRASH_LOOP, Machine, Occupant, Phase, RolloverPhase};
 
 impl Machine {
     /// Slots whose worker is ready.
@@ -90,10 +91,32 @@ impl Machine {
             shutting_down: self.shutting_down(),
             forced_kills: self.forced_kills,
             log_lines_dropped: 0,
+            stabilizing: self.stabilizing(now),
         }
     }
 
-    /// The one-line summary systemd shows (`systemctl status`).
+    /// The running rollover's stability window, if its new workers are in one.
+    pub fn stabilizing(&self, now: Instant) -> Option<StabilizingStatus> {
+        let RolloverPhase::Running(ro) = &self.rollover else {
+            return None;
+        };
+        let at = ro.stable_at?;
+        let mut slots: Vec<usize> = ro
+            .pending
+            .iter()
+            .filter_map(|id| self.workers.get(id).map(|w| w.slot))
+            .collect();
+        slots.sort_unstable();
+        Some(StabilizingStatus {
+            generation: ro.generation,
+            slots,
+            left_ms: at.saturating_duration_since(now).as_millis() as u64,
+            min_uptime_ms: self.policy.min_uptime.as_millis() as u64,
+        })
+    }
+
+    /// The one-line summary systemd shows (`systemctl status`). It is sent when it changes,
+    /// so it holds no countdown (a stability window shows its length, not the time left).
     pub fn status_line(&self) -> String {
         let n = self.slots.len();
         let ready = self.ready_count();
@@ -131,6 +154,15 @@ impl Machine {
                 ro.generation, ro.switched
             ));
         }
+        if let RolloverPhase::Running(ro) = &self.rollover
+            && ro.stable_at.is_some()
+        {
+            line.push_str(&format!(
+                "; gen {} stabilizing (min_uptime {})",
+                ro.generation,
+                human(self.policy.min_uptime)
+            ));
+        }
         if let Some(last) = &self.last {
             let word = match last.outcome {
                 Outcome::Ok | Outcome::Unchanged | Outcome::Refused => last.outcome.to_string(),
@@ -148,15 +180,28 @@ impl Machine {
                 ));
             }
         }
+        // A crash loop shows at a glance, between restarts too; a single restart is shorter.
+        let looping: Vec<String> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.crashes >= CRASH_LOOP)
+            .map(|(i, s)| format!("slot {i} crash-looping ({} crashes in a row)", s.crashes))
+            .collect();
         let crashing: Vec<String> = self
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| matches!(s.occupant, Occupant::Restarting { .. }))
+            .filter(|(_, s)| {
+                s.crashes < CRASH_LOOP && matches!(s.occupant, Occupant::Restarting { .. })
+            })
             .map(|(i, s)| format!("w{i}×{}", s.crashes))
             .collect();
         if !crashing.is_empty() {
             line.push_str(&format!("; restarting {}", crashing.join(",")));
+        }
+        for l in looping {
+            line.push_str(&format!("; {l}"));
         }
         line
     }
