@@ -104,10 +104,14 @@ pub fn status(r: &StatusReport) -> String {
     }
     if let Some(st) = &r.stabilizing {
         let slots: Vec<String> = st.slots.iter().map(|s| s.to_string()).collect();
+        let then = if r.current_generation == 0 {
+            "the start completes then"
+        } else {
+            "the old ones serve until then"
+        };
         let _ = writeln!(
             o,
-            "generation {} stabilizing, {} left (min_uptime {}; new worker(s) {} ready, the old \
-             ones serve until then)",
+            "generation {} stabilizing, {} left (min_uptime {}; new worker(s) {} ready, {then})",
             st.generation,
             ago(st.left_ms),
             ago(st.min_uptime_ms),
