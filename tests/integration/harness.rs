@@ -150,6 +150,17 @@ impl Handoff {
         if !o.args.iter().any(|a| a == "--runtime-dir") {
             cmd.arg("--runtime-dir").arg(&runtime_dir);
         }
+        // No stability window unless a test is about it (or a config file sets it): the
+        // default 5 s would add to every start and reload of the suite. An older binary under
+        // HANDOFF_BIN may not know the flag.
+        if !o
+            .args
+            .iter()
+            .any(|a| a == "--min-uptime" || a == "--config")
+            && std::env::var_os("HANDOFF_BIN").is_none()
+        {
+            cmd.args(["--min-uptime", "0s"]);
+        }
         cmd.args(&o.args)
             .arg("--")
             .args(&o.worker)

@@ -8,5 +8,6 @@ mod hostile;
 mod operator;
 mod robustness;
 mod rollover;
+mod stability;
 mod systemd_protocol;
 mod worker_contract;

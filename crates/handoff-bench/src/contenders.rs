@@ -320,6 +320,17 @@ impl Handoff {
     }
 }
 
+/// handoff's stability window for the bench: `0s` unless `BENCH_MIN_UPTIME` says otherwise,
+/// always passed explicitly. A rollover's figure is then the switch itself, comparable with
+/// runs from before the window existed and with PM2's reload (which waits for no window); the
+/// window adds its own length to each rollover (docs/reliability.md has the measurement).
+pub fn min_uptime() -> String {
+    std::env::var("BENCH_MIN_UPTIME")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| "0s".into())
+}
+
 impl Contender for Handoff {
     fn start(&mut self) -> Result<()> {
         let log = File::create(self.log())?;
@@ -337,7 +348,9 @@ impl Contender for Handoff {
             .arg("--drain-timeout")
             .arg("10s")
             .arg("--ready-timeout")
-            .arg("30s");
+            .arg("30s")
+            .arg("--min-uptime")
+            .arg(min_uptime());
         if self.cfg.rolling {
             cmd.arg("--rolling");
         }

@@ -163,11 +163,27 @@ pub struct SettingsStatus {
     pub drain_timeout: String,
     pub drain_signal: String,
     pub rolling: bool,
+    /// The stability window past READY=1 (`min_uptime`).
+    #[serde(default)]
+    pub min_uptime: String,
     pub user: Option<String>,
     pub group: Option<String>,
     /// The names `[environment]` sets (values are not shown: they may be secrets).
     #[serde(default)]
     pub environment: Vec<String>,
+}
+
+/// New workers all ready, in their stability window (`min_uptime`): the old generation still
+/// serves beside them and is drained only once the window has passed without a crash.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StabilizingStatus {
+    pub generation: u64,
+    /// The slots whose new workers are in the window (all slots, or one with `--rolling`).
+    pub slots: Vec<usize>,
+    /// Time left until the window ends.
+    pub left_ms: u64,
+    /// The whole window (`min_uptime`).
+    pub min_uptime_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -201,6 +217,9 @@ pub struct StatusReport {
     /// read); `None` when it agrees or there is none.
     #[serde(default)]
     pub config_differs: Option<String>,
+    /// The running rollover's new workers are in their stability window.
+    #[serde(default)]
+    pub stabilizing: Option<StabilizingStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

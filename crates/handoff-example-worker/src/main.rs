@@ -11,6 +11,9 @@
 //! Test knobs: `EXAMPLE_CRASH_AT_START=1`, or `"crash_at_start": true` in the version file, makes
 //! it exit 1 before serving; `EXAMPLE_NEVER_READY=1` serves but never says READY=1;
 //! `EXAMPLE_STARTUP_MS=N` waits N ms before serving; `EXAMPLE_IGNORE_TERM=1` ignores SIGTERM.
+//! `EXAMPLE_CRASH_AFTER_READY_MS=N`, or `"crash_after_ready_ms": N` in the version file, makes
+//! it exit 1 N ms after `READY=1` (a release that crashes right after start; it stops accepting
+//! and finishes its requests first, so a test sees handoff's doing, not the requests it cut).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -62,6 +65,9 @@ fn main() {
     let version_file = std::env::var("EXAMPLE_VERSION_FILE").ok();
     let mut version = "-".to_string();
     let mut crash = env_flag("EXAMPLE_CRASH_AT_START");
+    let mut crash_after_ready: Option<u64> = std::env::var("EXAMPLE_CRASH_AFTER_READY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok());
     if let Some(path) = &version_file {
         match std::fs::read(path).map(|b| serde_json::from_slice::<serde_json::Value>(&b)) {
             Ok(Ok(v)) => {
@@ -74,6 +80,9 @@ fn main() {
                     .get("crash_at_start")
                     .and_then(|v| v.as_bool())
                     .unwrap_or(false);
+                if let Some(ms) = v.get("crash_after_ready_ms").and_then(|v| v.as_u64()) {
+                    crash_after_ready = Some(ms);
+                }
             }
             Ok(Err(e)) => {
                 eprintln!("example-worker: {path}: invalid JSON: {e}");
@@ -160,6 +169,16 @@ fn main() {
             eprintln!("example-worker: cannot notify readiness: {e}");
         }
     }
+    let crashing = Arc::new(AtomicBool::new(false));
+    if let Some(ms) = crash_after_ready {
+        let crashing = crashing.clone();
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(ms));
+            crashing.store(true, Ordering::SeqCst);
+            // The stop signal wakes the main thread's sigwait: drain, then exit 1 below.
+            let _ = nix::sys::signal::kill(nix::unistd::getpid(), Signal::SIGTERM);
+        });
+    }
 
     if env_flag("EXAMPLE_IGNORE_TERM") {
         // Ignore every stop signal forever (handoff's drain timeout must deal with us).
@@ -180,6 +199,10 @@ fn main() {
         open = shared.all_closed.wait(open).unwrap();
     }
     drop(open);
+    if crashing.load(Ordering::SeqCst) {
+        log("crashing after READY=1, as asked: exit 1", &shared.identity);
+        std::process::exit(1);
+    }
     log("drained, exiting", &shared.identity);
 }
 

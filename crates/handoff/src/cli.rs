@@ -221,6 +221,10 @@ pub struct RunArgs {
     /// SIGKILL old workers still running this long after the drain signal [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     pub drain_timeout: Option<Duration>,
+    /// New workers must stay up this long past READY=1 before the old generation is drained
+    /// and the rollover counts as ok; a crash within it rolls back. 0s: no window [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub min_uptime: Option<Duration>,
     /// Signal that asks a worker to stop accepting and finish [default: SIGTERM].
     #[arg(long, value_name = "SIG", value_parser = config::parse_signal)]
     pub drain_signal: Option<Signal>,
@@ -264,6 +268,7 @@ impl RunArgs {
             ready: self.ready,
             ready_timeout: self.ready_timeout,
             drain_timeout: self.drain_timeout,
+            min_uptime: self.min_uptime,
             drain_signal: self.drain_signal,
             rolling: self.rolling.then_some(true),
             control: self.control.clone(),

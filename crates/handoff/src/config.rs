@@ -16,6 +16,9 @@ use crate::duration;
 
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long new workers must stay up past `READY=1` before the old generation is drained
+/// (docs/operating.md, "Stability window", says why 5 s).
+pub const DEFAULT_MIN_UPTIME: Duration = Duration::from_secs(5);
 pub const MAX_WORKERS: usize = 4096;
 
 /// Where a listening socket comes from when handoff binds it itself.
@@ -49,6 +52,8 @@ pub struct Settings {
     pub ready: ReadyMode,
     pub ready_timeout: Duration,
     pub drain_timeout: Duration,
+    /// New workers must stay up this long past `READY=1` before the rollover counts.
+    pub min_uptime: Duration,
     pub drain_signal: Signal,
     pub rolling: bool,
     pub control: Option<PathBuf>,
@@ -74,6 +79,7 @@ pub struct Options {
     pub ready: Option<ReadyMode>,
     pub ready_timeout: Option<Duration>,
     pub drain_timeout: Option<Duration>,
+    pub min_uptime: Option<Duration>,
     pub drain_signal: Option<Signal>,
     pub rolling: Option<bool>,
     pub control: Option<PathBuf>,
@@ -122,6 +128,7 @@ impl Options {
             ready: over.ready.or(self.ready),
             ready_timeout: over.ready_timeout.or(self.ready_timeout),
             drain_timeout: over.drain_timeout.or(self.drain_timeout),
+            min_uptime: over.min_uptime.or(self.min_uptime),
             drain_signal: over.drain_signal.or(self.drain_signal),
             rolling: over.rolling.or(self.rolling),
             control: over.control.or(self.control),
@@ -152,6 +159,7 @@ impl Options {
             ready: self.ready.unwrap_or(ReadyMode::Notify),
             ready_timeout: self.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT),
             drain_timeout: self.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+            min_uptime: self.min_uptime.unwrap_or(DEFAULT_MIN_UPTIME),
             drain_signal: self.drain_signal.unwrap_or(Signal::SIGTERM),
             rolling: self.rolling.unwrap_or(false),
             control: self.control,
@@ -309,6 +317,7 @@ struct RawFile {
     ready: Option<Spanned<String>>,
     ready_timeout: Option<Spanned<String>>,
     drain_timeout: Option<Spanned<String>>,
+    min_uptime: Option<Spanned<String>>,
     drain_signal: Option<Spanned<String>>,
     rolling: Option<bool>,
     control: Option<PathBuf>,
@@ -523,6 +532,9 @@ pub fn parse_str(text: &str, file: &str) -> Result<Options, ConfigError> {
     if let Some(v) = &raw.drain_timeout {
         o.drain_timeout = Some(check(&invalid, "drain_timeout", v, duration::parse)?);
     }
+    if let Some(v) = &raw.min_uptime {
+        o.min_uptime = Some(check(&invalid, "min_uptime", v, duration::parse)?);
+    }
     if let Some(v) = &raw.drain_signal {
         o.drain_signal = Some(check(&invalid, "drain_signal", v, parse_signal)?);
     }
@@ -681,6 +693,7 @@ workers = 4
 ready = "delay:2s"
 ready_timeout = "30s"
 drain_timeout = "1m"
+min_uptime = "2s"
 drain_signal = "SIGQUIT"
 rolling = true
 control = "/run/app/control.sock"
@@ -700,6 +713,7 @@ group = "app"
         assert_eq!(s.workers, 4);
         assert_eq!(s.ready, ReadyMode::Delay(Duration::from_secs(2)));
         assert_eq!(s.drain_timeout, Duration::from_secs(60));
+        assert_eq!(s.min_uptime, Duration::from_secs(2));
         assert_eq!(s.drain_signal, Signal::SIGQUIT);
         assert!(s.rolling);
         assert_eq!(s.command, vec!["node", "server.js"]);
@@ -719,6 +733,10 @@ group = "app"
         assert_eq!(s.ready, ReadyMode::Notify);
         assert_eq!(s.ready_timeout, DEFAULT_READY_TIMEOUT);
         assert_eq!(s.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        assert_eq!(s.min_uptime, DEFAULT_MIN_UPTIME);
+        // 0s is allowed: no stability window (handoff before the window existed).
+        let zero = parse_str("min_uptime = \"0s\"\n", "f").unwrap();
+        assert_eq!(zero.min_uptime, Some(Duration::ZERO));
         assert_eq!(s.drain_signal, Signal::SIGTERM);
     }
 
@@ -787,6 +805,7 @@ mod props {
         "ready",
         "ready_timeout",
         "drain_timeout",
+        "min_uptime",
         "drain_signal",
         "rolling",
         "control",

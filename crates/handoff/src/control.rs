@@ -239,6 +239,11 @@ async fn with_progress(
 /// One line on what a rollover is doing, for `reload` progress.
 fn progress_line(st: &StatusReport) -> String {
     match st.rolling_over_to {
+        Some(g) if let Some(w) = &st.stabilizing => format!(
+            "rolling over to generation {g}: stabilizing, {} left (min_uptime {})",
+            handoff_common::duration::human(Duration::from_millis(w.left_ms)),
+            handoff_common::duration::human(Duration::from_millis(w.min_uptime_ms)),
+        ),
         Some(g) => {
             let new: Vec<_> = st.workers.iter().filter(|w| w.generation == g).collect();
             let ready = new.iter().filter(|w| w.state == "ready").count();

@@ -117,9 +117,14 @@ pub fn status(r: &StatusReport) -> String {
     {
         let _ = writeln!(
             o,
-            "slot {}: {} crash(es) in a row{}",
+            "slot {}: {} crash(es) in a row{}{}",
             s.slot,
             s.crashes,
+            if s.crashes >= 3 {
+                " (crash-looping)"
+            } else {
+                ""
+            },
             s.restart_in_ms
                 .map(|ms| format!(", restart in {}", ago(ms)))
                 .unwrap_or_default()
@@ -130,6 +135,22 @@ pub fn status(r: &StatusReport) -> String {
             o,
             "rollover to generation {g} in progress; {} more queued",
             r.queued_reloads
+        );
+    }
+    if let Some(st) = &r.stabilizing {
+        let slots: Vec<String> = st.slots.iter().map(|s| s.to_string()).collect();
+        let then = if r.current_generation == 0 {
+            "the start completes then"
+        } else {
+            "the old ones serve until then"
+        };
+        let _ = writeln!(
+            o,
+            "generation {} stabilizing, {} left (min_uptime {}; new worker(s) {} ready, {then})",
+            st.generation,
+            ago(st.left_ms),
+            ago(st.min_uptime_ms),
+            slots.join(",")
         );
     }
     match &r.last_rollover {

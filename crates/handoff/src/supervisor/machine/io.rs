@@ -23,6 +23,10 @@ pub struct Policy {
     pub ready: ReadyMode,
     pub ready_timeout: Duration,
     pub drain_timeout: Duration,
+    /// The stability window: new workers must stay up this long past `READY=1` before the
+    /// old ones are drained; a worker up this long past `READY=1` is healthy (its slot's
+    /// crash count resets). Zero: no window.
+    pub min_uptime: Duration,
     pub drain_signal: Signal,
     /// A version file is configured: read it before each rollover.
     pub version_file: bool,
@@ -45,6 +49,7 @@ impl Policy {
             ready: s.ready,
             ready_timeout: s.ready_timeout,
             drain_timeout: s.drain_timeout,
+            min_uptime: s.min_uptime,
             drain_signal: s.drain_signal,
             version_file: s.version_file.is_some(),
             drain_timeout_hook: s.on_drain_timeout.is_some(),
@@ -72,6 +77,7 @@ impl Policy {
         differ("drain_timeout", self.drain_timeout != other.drain_timeout);
         differ("drain_signal", self.drain_signal != other.drain_signal);
         differ("rolling", self.rolling != other.rolling);
+        differ("min_uptime", self.min_uptime != other.min_uptime);
         differ("user", self.user != other.user);
         differ("group", self.group != other.group);
         out

@@ -14,16 +14,19 @@
 //!     and `--if-changed` callers are settled against it.
 //!  2. Generation G+1 starts: workers are spawned one after the other ([`Action::Spawn`], then
 //!     [`Input::Spawned`]); each gets a ready deadline.
-//!  3. Each reports `READY=1` (or lives `--ready delay:` long). When all are ready, the slots
-//!     switch to G+1, every replaced worker is drained, and the callers hear `ok`.
+//!  3. Each reports `READY=1` (or lives `--ready delay:` long). When all are ready, the
+//!     stability window starts: for `min_uptime` both generations serve, and a new worker
+//!     that exits in it fails the rollover. When it has passed, the slots switch to G+1,
+//!     every replaced worker is drained, and the callers hear `ok`.
 //!  4. Draining workers get the drain signal and a drain deadline; past it, SIGKILL to their
 //!     process group, an ALERT and the `--on-drain-timeout` hook.
 //!  5. A new worker that exits or misses its deadline fails the rollover: all new workers are
 //!     drained, the old generation keeps serving ("rolled back"). A failed first generation
 //!     shuts handoff down with exit code 1.
 //!
-//! `--rolling` replaces one slot at a time (start, ready, switch, drain), so at least N workers
-//! are ready throughout; a failure after the first slot leaves both generations ("partial").
+//! `--rolling` replaces one slot at a time (start, ready, window, switch, drain), so at least
+//! N workers are ready throughout; a failure after the first slot leaves both generations
+//! ("partial").
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -38,8 +41,22 @@ use crate::notify::Message;
 /// First restart delay after a crash; doubles per consecutive crash up to [`RESTART_MAX`].
 pub const RESTART_BASE: Duration = Duration::from_millis(100);
 pub const RESTART_MAX: Duration = Duration::from_secs(30);
-/// A worker ready this long before it dies is a fresh crash, not part of a crash loop.
+/// With `min_uptime = 0s`: a worker ready this long is healthy (its slot's crash count
+/// resets), as before the stability window existed. Otherwise `min_uptime` is that time.
 pub const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// How long past `READY=1` a worker must live to count as healthy, by its generation's
+/// `min_uptime`.
+fn healthy_after(min_uptime: Duration) -> Duration {
+    if min_uptime.is_zero() {
+        STABLE_AFTER
+    } else {
+        min_uptime
+    }
+}
+
+/// A slot with this many consecutive crashes is shown as crash-looping.
+pub const CRASH_LOOP: u32 = 3;
 /// Slack added to timeouts announced to systemd with `EXTEND_TIMEOUT_USEC=`.
 pub const SYSTEMD_SLACK: Duration = Duration::from_secs(5);
 
@@ -176,6 +193,9 @@ struct Rollover {
     pending: Vec<WorkerId>,
     /// Slots already switched to the new generation.
     switched: usize,
+    /// Every pending worker is ready: the stability window ends (and they switch in) at this
+    /// time, unless one of them exits first.
+    stable_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -337,6 +357,7 @@ impl Machine {
             Input::Shutdown { why, code } => self.begin_shutdown(now, &why, code),
             Input::KillAll => self.kill_all(),
         }
+        self.settle_crash_counts(now);
         self.start_queued(now);
         if std::mem::take(&mut self.scan) {
             self.out.push(Action::ScanChildren);
@@ -373,7 +394,65 @@ impl Machine {
             Stray::Draining { deadline } => Some(*deadline),
             _ => None,
         });
-        workers.chain(restarts).chain(strays).flatten().min()
+        let window = match &self.rollover {
+            RolloverPhase::Running(ro) => ro.stable_at,
+            _ => None,
+        };
+        let healthy = (0..self.slots.len()).map(|slot| self.healthy_at(slot));
+        workers
+            .chain(restarts)
+            .chain(strays)
+            .chain(healthy)
+            .chain([window])
+            .flatten()
+            .min()
+    }
+
+    /// How long past `READY=1` worker `id` must live to count as healthy.
+    fn healthy_after(&self, id: WorkerId) -> Duration {
+        healthy_after(self.policy_of(id).min_uptime)
+    }
+
+    /// When the worker in `slot` will have been healthy long enough to clear the slot's crash
+    /// count (`None`: no count to clear, or no ready worker there).
+    fn healthy_at(&self, slot: usize) -> Option<Instant> {
+        let s = &self.slots[slot];
+        let Occupant::Worker(id) = s.occupant else {
+            return None;
+        };
+        match self.workers.get(&id)?.phase {
+            Phase::Ready { since } if s.crashes > 0 => Some(since + self.healthy_after(id)),
+            _ => None,
+        }
+    }
+
+    /// Clears the crash count of every slot whose worker has been up `healthy_after` past
+    /// `READY=1`: the slot no longer crash-loops, and `handoff status` stops saying so.
+    fn settle_crash_counts(&mut self, now: Instant) {
+        if self.shutting_down() {
+            return;
+        }
+        for slot in 0..self.slots.len() {
+            if let Some(at) = self.healthy_at(slot)
+                && at <= now
+            {
+                let healthy = match self.slots[slot].occupant {
+                    Occupant::Worker(id) => human(self.healthy_after(id)),
+                    _ => continue,
+                };
+                let crashes = std::mem::take(&mut self.slots[slot].crashes);
+                self.out.push(Action::Log(Log {
+                    level: Level::Info,
+                    generation: None,
+                    slot: Some(slot),
+                    pid: None,
+                    message: format!(
+                        "worker {slot} has been up {healthy} past READY=1: crash count \
+                         ({crashes}) reset"
+                    ),
+                }));
+            }
+        }
     }
 
     pub fn policy(&self) -> &Policy {
@@ -592,6 +671,7 @@ impl Machine {
             to_spawn: (0..workers).collect(),
             pending: Vec::new(),
             switched: 0,
+            stable_at: None,
         });
         self.spawn_next(now);
     }
@@ -692,6 +772,11 @@ impl Machine {
     /// Switches the pending workers in once all are ready; then the next slot (rolling) or
     /// the end of the rollover.
     fn advance(&mut self, now: Instant) {
+        // The new generation's own window (a reload may have changed `min_uptime`).
+        let window = match &self.rollover {
+            RolloverPhase::Running(ro) => self.settings_of(ro.generation).min_uptime,
+            _ => return,
+        };
         let RolloverPhase::Running(ro) = &mut self.rollover else {
             return;
         };
@@ -705,6 +790,41 @@ impl Machine {
         if !all_ready || (ro.mode != Mode::Rolling && !ro.to_spawn.is_empty()) {
             return;
         }
+        // The stability window: the new workers serve beside the old ones for `min_uptime`
+        // before anything is drained; one that exits meanwhile fails the rollover.
+        match ro.stable_at {
+            None if !window.is_zero() => {
+                ro.stable_at = Some(now + window);
+                let (generation, slots) = (ro.generation, ro.pending.len());
+                self.log(
+                    Level::Info,
+                    Some(generation),
+                    format!(
+                        "{} ready; stability window of {}: {} until then",
+                        if slots == 1 {
+                            "new worker".to_string()
+                        } else {
+                            format!("all {slots} new workers")
+                        },
+                        human(window),
+                        if self.current == 0 {
+                            "READY=1 to systemd waits"
+                        } else {
+                            "the old workers keep serving"
+                        }
+                    ),
+                );
+                // systemd's own timeout for the start or reload must cover the window.
+                self.out
+                    .push(Action::Systemd(vec![SystemdState::ExtendTimeout(
+                        window + SYSTEMD_SLACK,
+                    )]));
+                return;
+            }
+            Some(at) if now < at => return,
+            _ => {}
+        }
+        ro.stable_at = None;
         let pending = std::mem::take(&mut ro.pending);
         ro.switched += pending.len();
         let generation = ro.generation;
@@ -740,9 +860,14 @@ impl Machine {
         }
         let n = self.slots.len();
         let message = format!(
-            "generation {generation} serves ({}) after {}",
+            "generation {generation} serves ({}) after {}{}",
             plural(n, "worker"),
-            human(now.saturating_duration_since(started))
+            human(now.saturating_duration_since(started)),
+            if window.is_zero() {
+                String::new()
+            } else {
+                format!(", stable {} past READY=1", human(window))
+            }
         );
         self.finish(now, Outcome::Ok, message);
     }
@@ -755,7 +880,7 @@ impl Machine {
         };
         let (generation, switched, mode) = (ro.generation, ro.switched, ro.mode);
         if mode == Mode::Initial {
-            return self.fail_first_generation(now, reason);
+            return self.fail_first_generation(now, reason, true);
         }
         let pending = std::mem::take(&mut ro.pending);
         ro.to_spawn.clear();
@@ -806,8 +931,10 @@ impl Machine {
     /// A first generation has nothing to fall back to. If none of its workers got ready,
     /// handoff shuts down with exit code 1 (systemd sees the start fail). If some did, they
     /// already answer requests: they stay, the other slots restart with backoff as after a
-    /// crash, and the start completes as `partial`.
-    fn fail_first_generation(&mut self, now: Instant, reason: String) {
+    /// crash, and the start completes as `partial`. `keep_ready: false` (a worker crashed
+    /// within `min_uptime` of its `READY=1`: the release crashes after start) fails the start
+    /// whatever the others did.
+    fn fail_first_generation(&mut self, now: Instant, reason: String, keep_ready: bool) {
         let RolloverPhase::Running(ro) = &mut self.rollover else {
             return;
         };
@@ -817,7 +944,7 @@ impl Machine {
         let ready: Vec<WorkerId> = pending
             .iter()
             .copied()
-            .filter(|id| matches!(self.workers[id].phase, Phase::Ready { .. }))
+            .filter(|id| keep_ready && matches!(self.workers[id].phase, Phase::Ready { .. }))
             .collect();
         for id in pending.iter().filter(|id| !ready.contains(id)) {
             self.drain(now, *id, "the first generation failed");
@@ -838,7 +965,7 @@ impl Machine {
         }
         for slot in 0..self.slots.len() {
             if self.slots[slot].occupant == Occupant::Vacant {
-                self.schedule_restart(now, slot);
+                self.schedule_restart(now, slot, true);
             }
         }
         self.current = generation;
@@ -972,7 +1099,7 @@ impl Machine {
                 Some(w.generation),
                 format!("restarting worker {} failed: {error}", w.slot),
             );
-            self.schedule_restart(now, w.slot);
+            self.schedule_restart(now, w.slot, true);
         }
         self.forget_idle_generations();
     }
@@ -1024,6 +1151,11 @@ impl Machine {
     }
 
     fn on_tick(&mut self, now: Instant) {
+        if let RolloverPhase::Running(ro) = &self.rollover
+            && ro.stable_at.is_some_and(|at| at <= now)
+        {
+            self.advance(now);
+        }
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
         for id in ids {
             // Each step may change other workers: look at this one afresh.
@@ -1088,7 +1220,7 @@ impl Machine {
             self.log_worker(Level::Warn, id, reason);
             self.drain(now, id, "not ready in time");
             if self.occupies(slot, id) {
-                self.schedule_restart(now, slot);
+                self.schedule_restart(now, slot, true);
             }
         }
     }
@@ -1209,47 +1341,104 @@ impl Machine {
                 format!("worker killed after the drain timeout ({how})"),
             )),
             Phase::Spawning | Phase::Starting { .. } | Phase::Ready { .. } => {
-                self.worker_died(now, id, &w, &how)
+                self.worker_died(now, id, &w, status)
             }
         }
         self.forget_idle_generations();
     }
 
-    /// A worker that was not draining exited: a failed rollover or a crash.
-    fn worker_died(&mut self, now: Instant, id: WorkerId, w: &Worker, how: &str) {
+    /// A worker that was not draining (handoff did not ask it to go) exited: a failed
+    /// rollover, a crash, or a stop from outside handoff.
+    fn worker_died(&mut self, now: Instant, id: WorkerId, w: &Worker, status: ExitStatus) {
+        let up_past_ready = match w.phase {
+            Phase::Ready { since } => Some(now.saturating_duration_since(since)),
+            _ => None,
+        };
+        // The worker's own generation's settings (`w` has left `self.workers` already).
+        let (window, drain_signal) = {
+            let p = self.settings_of(w.generation);
+            (p.min_uptime, p.drain_signal)
+        };
+        // Said READY=1, then died within the stability window: the release crashes after
+        // start (the failure the window is there to catch).
+        let in_window = up_past_ready.is_some_and(|d| d < window);
         let reason = format!(
-            "worker {} (pid {}) {how} after {}{}",
+            "worker {} (pid {}) {status} after {}{}{}",
             w.slot,
             w.pid.unwrap_or_default(),
             human(now.saturating_duration_since(w.started)),
+            match up_past_ready {
+                Some(d) if in_window => format!(
+                    ", {} after READY=1 (within the stability window, min_uptime {})",
+                    human(d),
+                    human(window)
+                ),
+                Some(d) => format!(", {} after READY=1", human(d)),
+                None => String::new(),
+            },
             w.last_words()
         );
         let slot = w.slot;
-        let stable = matches!(w.phase, Phase::Ready { since } if now.saturating_duration_since(since) >= STABLE_AFTER);
+        let healthy = up_past_ready.is_some_and(|d| d >= healthy_after(window));
         if let Some(ro) = self.rollover_of(id) {
             ro.pending.retain(|p| *p != id);
-            self.fail_rollover(now, reason, true);
+            if ro.mode == Mode::Initial && in_window {
+                self.fail_first_generation(now, reason, false);
+            } else {
+                self.fail_rollover(now, reason, true);
+            }
         } else if self.occupies(slot, id) && !self.shutting_down() {
-            if stable {
+            if healthy {
                 self.slots[slot].crashes = 0;
             }
+            // Exit 0 or a stop signal, after the worker had been healthy: someone stopped it
+            // on purpose (`kill -TERM`, the app's own clean exit). It is restarted, but that
+            // is no crash. Before that it counts, so a release that exits 0 at once still
+            // backs off.
+            let stop_signal = |sig: i32| {
+                [Signal::SIGTERM, Signal::SIGINT, drain_signal]
+                    .iter()
+                    .any(|s| *s as i32 == sig)
+            };
+            let stopped = healthy
+                && match status {
+                    ExitStatus::Code(0) => true,
+                    ExitStatus::Signal { signal, .. } => stop_signal(signal),
+                    ExitStatus::Code(_) => false,
+                };
             self.out.push(Action::Log(Log {
-                level: Level::Warn,
+                level: if stopped { Level::Info } else { Level::Warn },
                 generation: Some(w.generation),
                 slot: Some(slot),
                 pid: w.pid,
-                message: format!("worker died outside a rollover: {reason}"),
+                message: if stopped {
+                    format!(
+                        "worker stopped from outside handoff (not a crash): {reason}; \
+                         starting a new one"
+                    )
+                } else {
+                    format!("worker died outside a rollover: {reason}")
+                },
             }));
-            self.schedule_restart(now, slot);
+            self.schedule_restart(now, slot, !stopped);
         }
     }
 
-    fn schedule_restart(&mut self, now: Instant, slot: usize) {
+    /// Starts a new worker in `slot` after a delay: [`RESTART_BASE`] doubling per consecutive
+    /// crash; `crash: false` (a stop from outside) restarts after [`RESTART_BASE`] and leaves
+    /// the count alone.
+    fn schedule_restart(&mut self, now: Instant, slot: usize, crash: bool) {
         let s = &mut self.slots[slot];
-        let delay = RESTART_BASE
-            .saturating_mul(1u32 << s.crashes.min(16))
-            .min(RESTART_MAX);
-        s.crashes += 1;
+        let delay = if crash {
+            RESTART_BASE
+                .saturating_mul(1u32 << s.crashes.min(16))
+                .min(RESTART_MAX)
+        } else {
+            RESTART_BASE
+        };
+        if crash {
+            s.crashes += 1;
+        }
         s.occupant = Occupant::Restarting { at: now + delay };
         let crashes = s.crashes;
         self.out.push(Action::Log(Log {
@@ -1257,11 +1446,15 @@ impl Machine {
             generation: None,
             slot: Some(slot),
             pid: None,
-            message: format!(
-                "restarting worker {slot} in {} ({} in a row)",
-                human(delay),
-                plural(crashes as usize, "crash")
-            ),
+            message: if crash {
+                format!(
+                    "restarting worker {slot} in {} ({} in a row)",
+                    human(delay),
+                    plural(crashes as usize, "crash")
+                )
+            } else {
+                format!("restarting worker {slot} in {}", human(delay))
+            },
         }));
     }
 

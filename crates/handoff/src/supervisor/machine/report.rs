@@ -4,11 +4,11 @@ use std::time::{Duration, Instant};
 
 use handoff_common::duration::human;
 use handoff_common::protocol::{
-    GenerationStatus, Outcome, RolloverStatus, SettingsStatus, SlotStatus, StatusReport,
-    WorkerStatus,
+    GenerationStatus, Outcome, RolloverStatus, SettingsStatus, SlotStatus, StabilizingStatus,
+    StatusReport, WorkerStatus,
 };
 
-use super::{Machine, Occupant, Phase, Policy, RolloverPhase};
+use super::{CRASH_LOOP, Machine, Occupant, Phase, Policy, RolloverPhase};
 use crate::config::ReadyMode;
 
 /// A duration as the config file takes it: `500ms`, `60s`.
@@ -33,6 +33,7 @@ pub fn settings_status(p: &Policy) -> SettingsStatus {
         drain_timeout: config_duration(p.drain_timeout),
         drain_signal: p.drain_signal.as_str().to_string(),
         rolling: p.rolling,
+        min_uptime: config_duration(p.min_uptime),
         user: p.user.clone(),
         group: p.group.clone(),
         environment: p.environment.iter().map(|(k, _)| k.clone()).collect(),
@@ -123,10 +124,32 @@ impl Machine {
             settings: Some(settings_status(self.in_force())),
             config_file: None,
             config_differs: None,
+            stabilizing: self.stabilizing(now),
         }
     }
 
-    /// The one-line summary systemd shows (`systemctl status`).
+    /// The running rollover's stability window, if its new workers are in one.
+    pub fn stabilizing(&self, now: Instant) -> Option<StabilizingStatus> {
+        let RolloverPhase::Running(ro) = &self.rollover else {
+            return None;
+        };
+        let at = ro.stable_at?;
+        let mut slots: Vec<usize> = ro
+            .pending
+            .iter()
+            .filter_map(|id| self.workers.get(id).map(|w| w.slot))
+            .collect();
+        slots.sort_unstable();
+        Some(StabilizingStatus {
+            generation: ro.generation,
+            slots,
+            left_ms: at.saturating_duration_since(now).as_millis() as u64,
+            min_uptime_ms: self.policy.min_uptime.as_millis() as u64,
+        })
+    }
+
+    /// The one-line summary systemd shows (`systemctl status`). It is sent when it changes,
+    /// so it holds no countdown (a stability window shows its length, not the time left).
     pub fn status_line(&self) -> String {
         let n = self.slots.len();
         let ready = self.ready_count();
@@ -164,6 +187,15 @@ impl Machine {
                 ro.generation, ro.switched
             ));
         }
+        if let RolloverPhase::Running(ro) = &self.rollover
+            && ro.stable_at.is_some()
+        {
+            line.push_str(&format!(
+                "; gen {} stabilizing (min_uptime {})",
+                ro.generation,
+                human(self.policy.min_uptime)
+            ));
+        }
         if let Some(last) = &self.last {
             let word = match last.outcome {
                 Outcome::Ok | Outcome::Unchanged | Outcome::Refused => last.outcome.to_string(),
@@ -181,15 +213,28 @@ impl Machine {
                 ));
             }
         }
+        // A crash loop shows at a glance, between restarts too; a single restart is shorter.
+        let looping: Vec<String> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.crashes >= CRASH_LOOP)
+            .map(|(i, s)| format!("slot {i} crash-looping ({} crashes in a row)", s.crashes))
+            .collect();
         let crashing: Vec<String> = self
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| matches!(s.occupant, Occupant::Restarting { .. }))
+            .filter(|(_, s)| {
+                s.crashes < CRASH_LOOP && matches!(s.occupant, Occupant::Restarting { .. })
+            })
             .map(|(i, s)| format!("w{i}×{}", s.crashes))
             .collect();
         if !crashing.is_empty() {
             line.push_str(&format!("; restarting {}", crashing.join(",")));
+        }
+        for l in looping {
+            line.push_str(&format!("; {l}"));
         }
         line
     }

@@ -15,6 +15,8 @@ fn policy(workers: usize) -> Policy {
         ready: ReadyMode::Notify,
         ready_timeout: Duration::from_secs(60),
         drain_timeout: Duration::from_secs(10),
+        // The rules before the stability window; `windowed` tests it.
+        min_uptime: Duration::ZERO,
         drain_signal: Signal::SIGTERM,
         version_file: false,
         drain_timeout_hook: false,
@@ -38,6 +40,16 @@ struct Harness {
     /// ...and whether handoff (not the release) is to blame.
     fail_ours: bool,
 }
+
+/// `policy(workers)` with a 1 s stability window.
+fn windowed(workers: usize) -> Policy {
+    Policy {
+        min_uptime: Duration::from_secs(1),
+        ..policy(workers)
+    }
+}
+
+const SEC: Duration = Duration::from_secs(1);
 
 fn version(text: &str) -> VersionInfo {
     VersionInfo {
@@ -148,14 +160,30 @@ impl Harness {
             .collect()
     }
 
-    /// Starts the first generation of `n` workers and makes it ready.
+    /// Starts the first generation of `n` workers and makes it ready (past its stability
+    /// window, if there is one).
     fn serving(p: Policy) -> Harness {
+        let window = p.min_uptime;
         let mut h = Harness::new(p);
         h.send(Input::Start);
         for pid in h.pids_in("starting") {
             h.ready(pid);
         }
+        if !window.is_zero() {
+            h.after(window);
+        }
+        assert_eq!(h.m.current, 1, "the first generation serves");
         h
+    }
+
+    fn exit_by(&mut self, pid: i32, signal: Signal) -> Vec<Action> {
+        self.send(Input::Exited {
+            pid,
+            status: ExitStatus::Signal {
+                signal: signal as i32,
+                core: false,
+            },
+        })
     }
 }
 
@@ -456,7 +484,11 @@ fn a_rollover_cancels_a_pending_restart() {
     h.reload(1);
     let a = h.ready(101);
     assert_eq!(replies(&a)[0].1.outcome, Outcome::Ok);
-    assert_eq!(h.m.next_deadline(), None);
+    assert_eq!(
+        h.m.next_deadline(),
+        Some(h.now + STABLE_AFTER),
+        "no restart; only the crash count's reset is due"
+    );
     assert!(spawned(&h.after(Duration::from_secs(1))).is_empty());
 }
 
@@ -784,4 +816,339 @@ fn re_parented_descendants_go_with_their_worker() {
     h.exit(900, 137);
     h.exit(901, 0);
     assert_eq!(h.m.exit_code(), Some(0));
+}
+
+// ---- the stability window (min_uptime) and the crash counter ------------------------------
+
+#[test]
+fn the_old_generation_serves_through_the_window_and_drains_only_after_it() {
+    let mut h = Harness::serving(windowed(2));
+    h.reload(1);
+    h.ready(102);
+    let a = h.ready(103);
+    assert!(
+        signalled(&a, Signal::SIGTERM).is_empty(),
+        "nothing drained at READY=1"
+    );
+    assert!(replies(&a).is_empty(), "no answer yet");
+    assert!(!told_systemd(&a, &SystemdState::Ready));
+    assert!(told_systemd(
+        &a,
+        &SystemdState::ExtendTimeout(SEC + SYSTEMD_SLACK)
+    ));
+    assert_eq!(
+        h.pids_in("ready"),
+        [102, 103, 100, 101],
+        "both generations serve"
+    );
+    let st = h.m.status(h.now);
+    let win = st.stabilizing.expect("in the window");
+    assert_eq!(
+        (win.generation, win.slots.clone(), win.left_ms),
+        (2, vec![0, 1], 1000)
+    );
+    assert!(
+        h.m.status_line().contains("gen 2 stabilizing"),
+        "{}",
+        h.m.status_line()
+    );
+    assert_eq!(h.m.next_deadline(), Some(h.now + SEC));
+    let a = h.after(SEC - MS);
+    assert!(signalled(&a, Signal::SIGTERM).is_empty() && replies(&a).is_empty());
+    assert_eq!(h.m.status(h.now).stabilizing.unwrap().left_ms, 1);
+    let a = h.after(MS);
+    assert_eq!(
+        signalled(&a, Signal::SIGTERM),
+        [100, 101],
+        "drained after the window"
+    );
+    let r = replies(&a);
+    assert_eq!(r[0].1.outcome, Outcome::Ok);
+    assert!(
+        r[0].1.message.contains("stable 1.0 s past READY=1"),
+        "{}",
+        r[0].1.message
+    );
+    assert_eq!(
+        r[0].1.duration_ms, 1000,
+        "the window is part of the rollover"
+    );
+    assert!(told_systemd(&a, &SystemdState::Ready));
+    assert!(h.m.status(h.now).stabilizing.is_none());
+}
+
+#[test]
+fn a_new_worker_that_crashes_within_the_window_rolls_back_and_the_old_never_stopped() {
+    let mut h = Harness::serving(windowed(2));
+    h.reload(1);
+    h.ready(102);
+    h.ready(103);
+    h.now += 100 * MS;
+    let a = h.exit(103, 1);
+    let r = replies(&a);
+    assert_eq!(r[0].1.outcome, Outcome::RolledBack);
+    let msg = &r[0].1.message;
+    assert!(msg.contains("generation 1 still serves"), "{msg}");
+    assert!(
+        msg.contains("worker 1 (pid 103) exited with status 1"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("100 ms after READY=1 (within the stability window, min_uptime 1.0 s)"),
+        "{msg}"
+    );
+    assert_eq!(
+        signalled(&a, Signal::SIGTERM),
+        [102],
+        "only the new generation drains"
+    );
+    assert_eq!(h.pids_in("ready"), [100, 101]);
+    assert!(h.m.status(h.now).stabilizing.is_none());
+    assert!(told_systemd(&a, &SystemdState::Ready), "RELOADING=1 ends");
+    // The old generation's slots were never touched: no crash counted, nothing restarts.
+    assert!(h.m.status(h.now).slots.iter().all(|s| s.crashes == 0));
+    assert_eq!(h.m.current, 1);
+}
+
+#[test]
+fn a_crash_at_the_very_end_of_the_window_still_rolls_back() {
+    // The executor hands exits in before it judges deadlines: an exit seen at the instant the
+    // window ends is inside it.
+    let mut h = Harness::serving(windowed(1));
+    h.reload(1);
+    h.ready(101);
+    h.now += SEC;
+    let a = h.exit(101, 1);
+    assert_eq!(replies(&a)[0].1.outcome, Outcome::RolledBack);
+    assert!(
+        signalled(&a, Signal::SIGTERM).is_empty(),
+        "old worker untouched"
+    );
+}
+
+#[test]
+fn a_crash_after_the_window_is_an_ordinary_restart_of_the_new_generation() {
+    let mut h = Harness::serving(windowed(1));
+    h.reload(1);
+    h.ready(101);
+    assert_eq!(replies(&h.after(SEC))[0].1.outcome, Outcome::Ok);
+    h.now += MS;
+    let a = h.exit(101, 1);
+    assert!(replies(&a).is_empty());
+    assert!(logs(&a, Level::Warn)[0].contains("died outside a rollover"));
+    assert_eq!(h.m.status(h.now).slots[0].crashes, 1);
+    assert_eq!(spawned(&h.after(RESTART_BASE)), [0]);
+    assert_eq!(h.m.current, 2, "the new generation stays");
+}
+
+#[test]
+fn min_uptime_zero_switches_at_ready_as_before() {
+    let mut h = Harness::serving(policy(1));
+    h.reload(1);
+    let a = h.ready(101);
+    assert_eq!(signalled(&a, Signal::SIGTERM), [100]);
+    assert_eq!(replies(&a)[0].1.outcome, Outcome::Ok);
+}
+
+#[test]
+fn reload_and_stop_during_the_window() {
+    let mut h = Harness::serving(windowed(1));
+    h.reload(1);
+    h.ready(101);
+    assert!(spawned(&h.reload(2)).is_empty(), "queued behind the window");
+    let a = h.after(SEC);
+    assert_eq!(replies(&a)[0].0, 1);
+    assert_eq!(
+        spawned(&a),
+        [0],
+        "the queued reload starts after the window"
+    );
+    h.ready(102);
+    // SIGTERM to handoff in the next window: both callers' rollover is abandoned and
+    // everything drains.
+    let a = h.send(Input::Shutdown {
+        why: "SIGTERM".into(),
+        code: 0,
+    });
+    assert_eq!(replies(&a)[0].1.outcome, Outcome::Refused);
+    assert_eq!(signalled(&a, Signal::SIGTERM), [101, 102]);
+    assert_eq!(
+        h.m.next_deadline(),
+        Some(h.now + Duration::from_secs(10)),
+        "drain only"
+    );
+}
+
+#[test]
+fn rolling_applies_the_window_to_each_slot_before_draining_its_old_worker() {
+    let mut p = windowed(2);
+    p.rolling = true;
+    let mut h = Harness::serving(p);
+    h.reload(1);
+    let a = h.ready(102);
+    assert!(signalled(&a, Signal::SIGTERM).is_empty() && spawned(&a).is_empty());
+    assert_eq!(h.m.status(h.now).stabilizing.unwrap().slots, [0]);
+    let a = h.after(SEC);
+    assert_eq!(signalled(&a, Signal::SIGTERM), [100]);
+    assert_eq!(spawned(&a), [1], "next slot after the window");
+    h.ready(103);
+    // The second slot's new worker crashes in its window: partial, its old worker serves.
+    h.now += 10 * MS;
+    let a = h.exit(103, 1);
+    assert_eq!(replies(&a)[0].1.outcome, Outcome::Partial);
+    assert!(h.pids_in("ready").contains(&101));
+}
+
+#[test]
+fn the_first_generation_reports_ready_to_systemd_only_after_the_window() {
+    let mut h = Harness::new(windowed(2));
+    h.send(Input::Start);
+    h.ready(100);
+    let a = h.ready(101);
+    assert!(!told_systemd(&a, &SystemdState::Ready));
+    assert!(
+        h.m.status_line().contains("stabilizing"),
+        "{}",
+        h.m.status_line()
+    );
+    let a = h.after(SEC);
+    assert!(told_systemd(&a, &SystemdState::Ready));
+    assert_eq!(h.m.ready_count(), 2);
+}
+
+#[test]
+fn a_first_generation_crashing_within_the_window_fails_the_start() {
+    let mut h = Harness::new(windowed(2));
+    h.send(Input::Start);
+    h.ready(100);
+    h.ready(101);
+    h.now += 100 * MS;
+    let a = h.exit(100, 1);
+    assert!(!told_systemd(&a, &SystemdState::Ready));
+    assert!(told_systemd(&a, &SystemdState::Stopping));
+    assert_eq!(
+        signalled(&a, Signal::SIGTERM),
+        [101],
+        "the other, ready one goes too"
+    );
+    assert!(
+        logs(&a, Level::Error)[0].contains("within the stability window"),
+        "{:?}",
+        logs(&a, Level::Error)
+    );
+    h.exit(101, 0);
+    assert_eq!(h.m.exit_code(), Some(1));
+}
+
+#[test]
+fn the_crash_count_resets_once_a_worker_has_been_healthy_for_min_uptime() {
+    let mut h = Harness::serving(windowed(2));
+    let mut pid = 100;
+    for _ in 0..3 {
+        h.exit(pid, 1);
+        h.after(RESTART_MAX);
+        pid = *h.pids.keys().last().unwrap();
+        h.ready(pid);
+        h.now += 100 * MS;
+    }
+    assert_eq!(h.m.status(h.now).slots[0].crashes, 3);
+    assert!(
+        h.m.status_line()
+            .contains("slot 0 crash-looping (3 crashes in a row)"),
+        "{}",
+        h.m.status_line()
+    );
+    // Healthy for min_uptime past READY=1: a deadline, then the count is gone from status.
+    let ready_at = h.now - 100 * MS;
+    assert_eq!(h.m.next_deadline(), Some(ready_at + SEC));
+    h.now = ready_at + SEC - MS;
+    h.send(Input::Tick);
+    assert_eq!(h.m.status(h.now).slots[0].crashes, 3);
+    let a = h.after(MS);
+    assert_eq!(h.m.status(h.now).slots[0].crashes, 0);
+    assert!(
+        logs(&a, Level::Info)
+            .iter()
+            .any(|l| l.contains("crash count (3) reset"))
+    );
+    assert!(
+        !h.m.status_line().contains("crash"),
+        "{}",
+        h.m.status_line()
+    );
+    assert_eq!(h.m.next_deadline(), None);
+}
+
+#[test]
+fn a_healthy_rollover_clears_a_stale_crash_count() {
+    let mut h = Harness::serving(windowed(1));
+    h.exit(100, 1);
+    h.after(RESTART_BASE);
+    h.exit(101, 1);
+    assert_eq!(h.m.status(h.now).slots[0].crashes, 2);
+    // The rollover cancels the pending restart; its worker passes the window.
+    h.reload(1);
+    h.ready(102);
+    h.after(SEC);
+    assert_eq!(h.m.status(h.now).slots[0].crashes, 0);
+}
+
+#[test]
+fn exits_handoff_asked_for_are_not_crashes() {
+    let mut p = windowed(2);
+    p.drain_timeout = Duration::from_secs(2);
+    let mut h = Harness::serving(p);
+    h.reload(1);
+    h.ready(102);
+    h.ready(103);
+    h.after(SEC);
+    // Drained: 100 exits on its own, 101 is SIGKILLed at the drain timeout.
+    h.exit_by(100, Signal::SIGTERM);
+    h.after(Duration::from_secs(2));
+    h.exit_by(101, Signal::SIGKILL);
+    // A rolled back worker's exit is no crash either.
+    h.reload(2);
+    h.ready(104);
+    h.exit(104, 1);
+    h.exit(105, 0);
+    let st = h.m.status(h.now);
+    assert!(st.slots.iter().all(|s| s.crashes == 0), "{:?}", st.slots);
+    assert_eq!(h.m.next_deadline(), None, "nothing restarts");
+}
+
+#[test]
+fn an_outside_sigterm_to_a_healthy_worker_restarts_it_without_counting_a_crash() {
+    let mut h = Harness::serving(windowed(1));
+    h.now += SEC;
+    let a = h.exit_by(100, Signal::SIGTERM);
+    assert!(
+        logs(&a, Level::Info)
+            .iter()
+            .any(|l| l.contains("stopped from outside handoff (not a crash)")),
+        "{:?}",
+        logs(&a, Level::Info)
+    );
+    assert_eq!(h.m.status(h.now).slots[0].crashes, 0);
+    assert_eq!(spawned(&h.after(RESTART_BASE)), [0]);
+    // Exit 0 of a healthy worker: the same.
+    h.ready(101);
+    h.now += SEC;
+    h.exit(101, 0);
+    assert_eq!(h.m.status(h.now).slots[0].crashes, 0);
+    // Before it was healthy, a SIGTERM exit counts: a release that stops at once backs off.
+    h.after(RESTART_BASE);
+    h.ready(102);
+    h.now += 10 * MS;
+    h.exit_by(102, Signal::SIGTERM);
+    assert_eq!(h.m.status(h.now).slots[0].crashes, 1);
+    // SIGKILL from outside is a crash whenever it comes.
+    h.after(RESTART_BASE);
+    h.ready(103);
+    h.now += SEC;
+    h.exit_by(103, Signal::SIGKILL);
+    assert_eq!(
+        h.m.status(h.now).slots[0].crashes,
+        1,
+        "reset to 0, then this one"
+    );
 }

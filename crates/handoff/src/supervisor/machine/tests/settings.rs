@@ -314,3 +314,39 @@ fn late_news_of_a_worker_in_a_slot_a_scale_down_removed_is_harmless() {
     h.after(Duration::from_secs(60));
     assert_eq!(h.m.status(h.now).workers_wanted, 1);
 }
+
+/// `min_uptime` is a generation's setting too: a reload that sets it gets the new window, and
+/// a rollback keeps the old one.
+#[test]
+fn a_reload_applies_a_new_min_uptime_to_the_new_generation_only() {
+    let mut h = Harness::serving(policy(1));
+    let windowed = |n| with(n, |p| p.min_uptime = 2 * SEC);
+    // Generation 2 with a 2 s window: nothing switches at READY=1, the switch waits 2 s.
+    h.reload_with(1, windowed(1));
+    let a = h.ready_all_starting();
+    assert!(replies(&a).is_empty(), "answered inside the window: {a:?}");
+    assert!(
+        signalled(&a, Signal::SIGTERM).is_empty(),
+        "old drained early"
+    );
+    let a = h.after(SEC);
+    assert!(replies(&a).is_empty(), "answered 1 s into a 2 s window");
+    let a = h.after(SEC);
+    assert_eq!(outcome(&a, 1).outcome, Outcome::Ok);
+    assert_eq!(h.m.status(h.now).settings.unwrap().min_uptime, "2s");
+    // Back to no window: generation 3 switches at READY=1.
+    h.reload_with(2, policy(1));
+    let a = h.ready_all_starting();
+    assert_eq!(outcome(&a, 2).outcome, Outcome::Ok, "no window: at once");
+    // Generation 4 asks for a 2 s window and crashes 1 s after READY=1: rolled back, and
+    // generation 3's settings (no window) stay in force.
+    h.reload_with(3, windowed(1));
+    h.ready_all_starting();
+    h.after(SEC);
+    let new = h.pids_in("ready").into_iter().max().unwrap();
+    let a = h.exit(new, 1);
+    let r = outcome(&a, 3);
+    assert_eq!(r.outcome, Outcome::RolledBack, "{r:?}");
+    assert!(r.message.contains("stability window"), "{}", r.message);
+    assert_eq!(h.m.status(h.now).settings.unwrap().min_uptime, "0s");
+}
