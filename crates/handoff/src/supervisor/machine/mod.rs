@@ -375,6 +375,12 @@ impl Machine {
         }
     }
 
+    /// Whether `pid` is one of the machine's workers or known strays (a scan for new strays
+    /// need not look at it).
+    pub fn knows_pid(&self, pid: i32) -> bool {
+        self.strays.contains_key(&pid) || self.workers.values().any(|w| w.pid == Some(pid))
+    }
+
     pub fn shutting_down(&self) -> bool {
         self.life != Life::Serving
     }
