@@ -253,6 +253,11 @@ pub struct Machine {
     /// Settings a reload or scale handed in, for the next rollover to start with (the latest
     /// wins); `None`: the settings in force.
     next: Option<Policy>,
+    /// `handoff scale N` asked for since the file was last read: applied when the next
+    /// rollover begins, to the settings it starts with then (a rollover running when the
+    /// scale arrived may still change them: its settings, if it switches in, or the old
+    /// ones, if it is rolled back).
+    scale_to: Option<usize>,
     /// The restart-bound settings the config file changed, as of its last reading: told with
     /// every reload answer until the file agrees again.
     restart_needed: Vec<String>,
@@ -290,6 +295,7 @@ impl Machine {
         Machine {
             policy,
             next: None,
+            scale_to: None,
             restart_needed: Vec::new(),
             workers: BTreeMap::new(),
             next_worker: 1,
@@ -534,6 +540,8 @@ impl Machine {
                 }
                 self.restart_needed = restart_needed;
                 self.next = Some(*settings);
+                // The file was read after the scale: its worker count wins.
+                self.scale_to = None;
                 self.on_reload(now, waiter);
             }
         }
@@ -550,9 +558,10 @@ impl Machine {
             self.reply(waiter, answer);
             return;
         }
-        let mut settings = self.next.take().unwrap_or_else(|| self.in_force().clone());
-        settings.workers = workers;
-        self.next = Some(settings);
+        // Not resolved against the settings in force now: during a rollover (its stability
+        // window, say) those are the old generation's, and taking them here undid the
+        // command or environment the running reload brings once it had switched in.
+        self.scale_to = Some(workers);
         self.on_reload(now, waiter);
     }
 
@@ -560,7 +569,11 @@ impl Machine {
         let settings = if initial {
             self.policy.clone()
         } else {
-            self.next.take().unwrap_or_else(|| self.in_force().clone())
+            let mut s = self.next.take().unwrap_or_else(|| self.in_force().clone());
+            if let Some(n) = self.scale_to.take() {
+                s.workers = n;
+            }
+            s
         };
         self.rollover = RolloverPhase::Preparing {
             waiters,
@@ -926,6 +939,15 @@ impl Machine {
         };
         self.log(Level::Error, Some(generation), message.clone());
         self.finish(now, outcome, message);
+        // A rolling rollover stopped part of the way serves with the slots it has: a scale
+        // up that never reached its new slots does not run that many workers, so the
+        // generation must not claim it (status, `config_differs` and `--if-changed` read
+        // it). `failed_release` above keeps the count that was tried.
+        if outcome == Outcome::Partial
+            && let Some(g) = self.generations.get_mut(&generation)
+        {
+            g.policy.workers = n;
+        }
         if !release_at_fault
             && let Some(f) = &self.failed_release
             && f.generation == generation

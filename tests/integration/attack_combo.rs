@@ -1,0 +1,299 @@
+//! Config reload and the stability window together (each was attacked alone): settings
+//! that change while a rollover is inside its window, a daemonizing release rolled back in
+//! its window, a rolling scale-up a window stops part of the way.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::thread;
+use std::time::Duration;
+
+use handoff_common::protocol::StatusReport;
+
+use crate::harness::*;
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// Writes a config file for `handoff run --config`, replaced whole as an editor does.
+fn write_config(
+    path: &Path,
+    workers: usize,
+    command: &[String],
+    extra: &str,
+    env: &[(&str, &str)],
+) {
+    let mut t = format!(
+        "listen = [\"127.0.0.1:0\"]\nworkers = {workers}\ndrain_timeout = \"1s\"\n\
+         command = {command:?}\n{extra}\n[environment]\n"
+    );
+    for (k, v) in env {
+        t.push_str(&format!("{k} = {v:?}\n"));
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, t).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn start(tag: &str, cfg: &Path, workers: usize) -> Handoff {
+    Handoff::start(
+        tag,
+        Opts {
+            args: vec!["--config".into(), cfg.display().to_string()],
+            worker: vec![],
+            wait_ready: workers,
+            ..Default::default()
+        },
+    )
+}
+
+fn fixture() -> Vec<String> {
+    vec![bin("handoff-fixture").display().to_string()]
+}
+
+/// An HTTP worker (the fixture answers no requests).
+fn example() -> Vec<String> {
+    vec![bin("handoff-example-worker").display().to_string()]
+}
+
+fn status_json(h: &Handoff) -> StatusReport {
+    let out = h.cli(&["status"], &["--json"]);
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Runs `handoff SUB ARGS` in a thread: (exit code, stdout + stderr).
+fn cli_in_thread(h: &Handoff, sub: &[&str]) -> thread::JoinHandle<(i32, String)> {
+    let control = h.control.display().to_string();
+    let args: Vec<String> = sub.iter().map(|s| s.to_string()).collect();
+    thread::spawn(move || {
+        let out = Command::new(handoff_bin())
+            .args(&args)
+            .args(["--control", &control])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    })
+}
+
+/// A config reload changes the environment (min_uptime 2s); `handoff scale 3` arrives
+/// while the new generation is inside its window. Before the fix the scale took the
+/// settings in force at that moment (the old generation's) and its rollover, queued behind
+/// the window, put the old environment back: three workers with APP_FLAVOUR=old while the
+/// file says new, and status said the file differs.
+#[test]
+fn scale_inside_a_window_keeps_what_the_config_reload_brought() {
+    let d = TempDir::new("combo-scale");
+    let cfg = d.path().join("app.toml");
+    let extra = "min_uptime = \"2s\"";
+    write_config(&cfg, 2, &example(), extra, &[("APP_FLAVOUR", "old")]);
+    let mut h = start("combo-scale", &cfg, 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(&h.addr(), 2, stop.clone());
+    write_config(&cfg, 2, &example(), extra, &[("APP_FLAVOUR", "new")]);
+    let reload = cli_in_thread(&h, &["reload"]);
+    h.wait_for(
+        LONG,
+        |st| st.stabilizing.is_some(),
+        "the new generation in its window",
+    );
+    let scale = cli_in_thread(&h, &["scale", "3"]);
+    let (rc_reload, out_reload) = reload.join().unwrap();
+    let (rc_scale, out_scale) = scale.join().unwrap();
+    let st = h.wait_for(
+        LONG,
+        |st| st.rolling_over_to.is_none() && st.ready == 3 && st.stabilizing.is_none(),
+        "the scaled generation serves",
+    );
+    let total = finish_load(&stop, clients);
+    let flavours: Vec<Option<String>> = st
+        .workers
+        .iter()
+        .filter(|w| w.generation == st.current_generation)
+        .map(|w| process_env(w.pid, "APP_FLAVOUR"))
+        .collect();
+    eprintln!(
+        "reload exit {rc_reload}, scale exit {rc_scale}; generation {} flavours {flavours:?}; \
+         {} requests ok, {} failed",
+        st.current_generation,
+        total.ok,
+        total.failures.len()
+    );
+    assert_eq!(rc_reload, 0, "{out_reload}");
+    assert_eq!(rc_scale, 0, "{out_scale}");
+    assert_eq!(flavours.len(), 3);
+    assert!(
+        flavours.iter().all(|f| f.as_deref() == Some("new")),
+        "scale put the old environment back: {flavours:?}\n{}",
+        h.log()
+    );
+    let st = status_json(&h);
+    let differs = st.config_differs.unwrap_or_default();
+    assert!(!differs.contains("environment"), "{differs}");
+    assert!(total.failures.is_empty(), "{:?}", total.failures);
+    assert!(h.stop().success());
+}
+
+/// A rolling scale-up 1 → 3 (min_uptime 1s) whose worker in slot 1 exits inside its
+/// window stops `partial` with one slot. Before the fix status claimed `workers = 3` while
+/// one worker ran, and `config_differs` saw nothing for a reload to apply.
+#[test]
+fn a_rolling_scale_up_stopped_in_a_window_says_how_many_workers_run() {
+    let d = TempDir::new("combo-partial");
+    let cfg = d.path().join("app.toml");
+    let extra = "rolling = true\nmin_uptime = \"1s\"";
+    write_config(&cfg, 1, &fixture(), extra, &[("FIXTURE_MODE", "ready")]);
+    let mut h = start("combo-partial", &cfg, 1);
+    // Slot 1 of the new release crashes 300 ms after READY=1; the others are fine.
+    let wrapper = vec![
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        format!(
+            "if [ \"$HANDOFF_WORKER\" = 1 ]; then export FIXTURE_MODE=crash-after-ready \
+             FIXTURE_MS=300; fi; exec {}",
+            fixture()[0]
+        ),
+    ];
+    write_config(&cfg, 3, &wrapper, extra, &[("FIXTURE_MODE", "ready")]);
+    let (code, out, err) = h.reload_cli(&[]);
+    let st = status_json(&h);
+    let settings = st.settings.as_ref().unwrap().workers;
+    eprintln!(
+        "partial rolling scale-up: reload exit {code}; workers_wanted {}, ready {}, settings.workers \
+         {settings}, config_differs {:?}",
+        st.workers_wanted, st.ready, st.config_differs
+    );
+    assert_eq!(code, 1, "{out} {err}");
+    assert!(
+        out.contains("partial") || err.contains("partial") || out.contains("stopped at worker"),
+        "{out} {err}"
+    );
+    assert_eq!(st.workers_wanted, 1);
+    assert_eq!(
+        settings, st.workers_wanted,
+        "status claims workers that do not run"
+    );
+    assert!(
+        st.config_differs
+            .as_deref()
+            .unwrap_or("")
+            .contains("workers"),
+        "{:?}",
+        st.config_differs
+    );
+    assert!(h.stop().success());
+}
+
+/// handoff's children that are not its workers: re-parented descendants.
+fn strays(h: &Handoff) -> Vec<i32> {
+    let workers: Vec<i32> = h
+        .status()
+        .map(|st| st.workers.iter().map(|w| w.pid).collect())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{}/task", h.pid()))
+        .unwrap()
+        .flatten()
+    {
+        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .filter(|p| !workers.contains(p))
+                .filter(|p| {
+                    let comm =
+                        std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+                    comm.trim() != "handoff-guard"
+                }),
+        );
+    }
+    out
+}
+
+/// Double-forks a SIGTERM-ignoring child that keeps fd 3, says READY=1, then serves or
+/// (CRASH_AFTER_READY set) exits 3 after that many seconds.
+const DAEMONIZING: &str = r#"
+import os, signal, socket, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        s = socket.socket(fileno=3)
+        while True:
+            time.sleep(3600)
+    os._exit(0)
+os.wait()
+signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+u = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+u.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+crash = os.environ.get("CRASH_AFTER_READY")
+if crash:
+    time.sleep(float(crash))
+    os._exit(3)
+while True:
+    time.sleep(3600)
+"#;
+
+/// A config reload brings a daemonizing release that crashes 300 ms after READY=1, with
+/// min_uptime 2s: rolled back inside the window. Its detached grandchildren (they ignore
+/// SIGTERM) must be found, drained and killed; the first generation's stay.
+#[test]
+fn a_daemonizing_release_rolled_back_in_its_window_leaves_no_stray() {
+    let d = TempDir::new("combo-daemon");
+    let script = d.path().join("worker.py");
+    std::fs::write(&script, DAEMONIZING).unwrap();
+    let cfg = d.path().join("app.toml");
+    let cmd = vec!["/usr/bin/python3".to_string(), script.display().to_string()];
+    let extra = "min_uptime = \"1s\"";
+    write_config(&cfg, 2, &cmd, extra, &[]);
+    let mut h = start("combo-daemon", &cfg, 2);
+    assert!(
+        wait_until(LONG, || strays(&h).len() == 2),
+        "the first generation's detached children"
+    );
+    let first = strays(&h);
+    write_config(
+        &cfg,
+        2,
+        &cmd,
+        "min_uptime = \"2s\"",
+        &[("CRASH_AFTER_READY", "0.3")],
+    );
+    let (code, out, err) = h.reload_cli(&[]);
+    let settled = wait_until(LONG, || strays(&h).len() == 2);
+    let left = strays(&h);
+    let st = status_json(&h);
+    eprintln!(
+        "daemonizing release rolled back in its window: reload exit {code}; strays before \
+         {first:?}, after {left:?}; generation {} serves, {} ready",
+        st.current_generation, st.ready
+    );
+    assert_eq!(code, 1, "{out} {err}");
+    assert!(
+        out.contains("stability window") || err.contains("stability window"),
+        "{out} {err}"
+    );
+    assert!(
+        settled,
+        "the rolled-back generation's strays survive: {left:?}\n{}",
+        h.log()
+    );
+    assert!(
+        first.iter().all(|p| pid_alive(*p)),
+        "the serving generation's strays were killed"
+    );
+    assert_eq!((st.current_generation, st.ready), (1, 2));
+    let last = strays(&h);
+    assert!(h.stop().success());
+    assert!(
+        wait_until(LONG, || last.iter().all(|p| !pid_alive(*p))),
+        "a stray outlived handoff: {last:?}"
+    );
+}
