@@ -297,3 +297,46 @@ fn a_daemonizing_release_rolled_back_in_its_window_leaves_no_stray() {
         "a stray outlived handoff: {last:?}"
     );
 }
+
+/// A config reload raises min_uptime from 1s to 3s; inside that window another reload puts
+/// it to 0s. Status must show the running window's 3 s (before: the start's 1 s), the window
+/// must not be cut short by the queued reload, and both reloads answer ok.
+#[test]
+fn a_reload_changing_min_uptime_inside_a_window() {
+    let d = TempDir::new("combo-uptime");
+    let cfg = d.path().join("app.toml");
+    write_config(&cfg, 2, &example(), "min_uptime = \"1s\"", &[]);
+    let mut h = start("combo-uptime", &cfg, 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(&h.addr(), 2, stop.clone());
+    write_config(&cfg, 2, &example(), "min_uptime = \"3s\"", &[]);
+    let first = cli_in_thread(&h, &["reload"]);
+    let st = h.wait_for(LONG, |st| st.stabilizing.is_some(), "the 3 s window");
+    let win = st.stabilizing.clone().unwrap();
+    let line = String::from_utf8_lossy(&h.cli(&["status"], &[]).stdout).to_string();
+    write_config(&cfg, 2, &example(), "min_uptime = \"0s\"", &[]);
+    let second = cli_in_thread(&h, &["reload"]);
+    let (rc1, out1) = first.join().unwrap();
+    let (rc2, out2) = second.join().unwrap();
+    let total = finish_load(&stop, clients);
+    eprintln!(
+        "min_uptime 1s -> 3s -> 0s: window min_uptime_ms {} (left {}), reloads exit {rc1} / \
+         {rc2}; {} requests ok, {} failed",
+        win.min_uptime_ms,
+        win.left_ms,
+        total.ok,
+        total.failures.len()
+    );
+    assert_eq!(
+        win.min_uptime_ms, 3000,
+        "status shows another window's length: {win:?}"
+    );
+    assert!(!line.contains("min_uptime 1"), "{line}");
+    assert_eq!(rc1, 0, "{out1}");
+    assert!(out1.contains("stable 3"), "{out1}");
+    assert_eq!(rc2, 0, "{out2}");
+    assert!(total.failures.is_empty(), "{:?}", total.failures);
+    let st = status_json(&h);
+    assert_eq!(st.settings.unwrap().min_uptime, "0s");
+    assert!(h.stop().success());
+}

@@ -115,3 +115,34 @@ fn a_partial_rolling_scale_up_does_not_claim_the_workers_it_never_started() {
     // The file (3 workers) differs from what is in force: a plain reload tries again.
     assert!(!h.m.in_force().changes(&rolling(3)).is_empty());
 }
+
+/// A config reload that changes `min_uptime` (1 s at start, 3 s in the file): status and
+/// systemd's `STATUS=` must describe the window that runs, the new generation's. Before,
+/// both showed the start's 1 s while the 3 s window ran (`left_ms` 3000 > `min_uptime_ms`
+/// 1000). Another reload inside the window (back to 0 s) is queued and does not shorten it.
+#[test]
+fn status_shows_the_running_windows_own_min_uptime() {
+    let mut h = Harness::serving(windowed(1));
+    let three = with(1, |p| p.min_uptime = 3 * SEC);
+    reload_with(&mut h, 1, three);
+    ready_all_starting(&mut h);
+    let st = h.m.status(h.now).stabilizing.expect("in the window");
+    assert_eq!((st.min_uptime_ms, st.left_ms), (3000, 3000));
+    assert!(
+        h.m.status_line()
+            .contains(&format!("min_uptime {}", human(3 * SEC))),
+        "{}",
+        h.m.status_line()
+    );
+    reload_with(&mut h, 2, with(1, |p| p.min_uptime = Duration::ZERO));
+    let a = h.after(SEC);
+    assert!(
+        replies(&a).is_empty(),
+        "the queued reload cut the window short"
+    );
+    let a = h.after(2 * SEC);
+    assert_eq!(outcome(&a, 1).outcome, Outcome::Ok);
+    assert_eq!(spawned(&a), [0], "the queued reload starts");
+    let a = ready_all_starting(&mut h);
+    assert_eq!(outcome(&a, 2).outcome, Outcome::Ok, "no window: at once");
+}
