@@ -340,3 +340,76 @@ fn a_reload_changing_min_uptime_inside_a_window() {
     assert_eq!(st.settings.unwrap().min_uptime, "0s");
     assert!(h.stop().success());
 }
+
+/// The stray drains on SIGINT (writing `MARK`) and ignores SIGTERM.
+const SIGINT_DAEMON: &str = r#"
+import os, signal, socket, time
+mark = os.environ["MARK"]
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        def done(*a):
+            open(mark + "." + str(os.getpid()), "w").write("SIGINT")
+            os._exit(0)
+        signal.signal(signal.SIGINT, done)
+        s = socket.socket(fileno=3)
+        while True:
+            time.sleep(3600)
+    os._exit(0)
+os.wait()
+signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+signal.signal(signal.SIGINT, lambda *a: os._exit(0))
+u = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+u.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+while True:
+    time.sleep(3600)
+"#;
+
+/// Generation 1's program drains on SIGINT (`drain_signal = "SIGINT"`); a config reload
+/// brings drain_signal SIGTERM. Generation 1's detached grandchild must get SIGINT, as its
+/// worker does. Before the fix it got generation 2's SIGTERM (ignored), then SIGKILL and an
+/// ALERT at the drain timeout.
+#[test]
+fn an_old_generations_stray_gets_its_own_drain_signal_after_a_config_reload() {
+    let d = TempDir::new("combo-stray-sig");
+    let script = d.path().join("worker.py");
+    std::fs::write(&script, SIGINT_DAEMON).unwrap();
+    let mark = d.path().join("stray-drained");
+    let cfg = d.path().join("app.toml");
+    let cmd = vec!["/usr/bin/python3".to_string(), script.display().to_string()];
+    let env = [("MARK", mark.to_str().unwrap())];
+    write_config(
+        &cfg,
+        1,
+        &cmd,
+        "min_uptime = \"1s\"\ndrain_signal = \"SIGINT\"",
+        &env,
+    );
+    let mut h = start("combo-stray-sig", &cfg, 1);
+    assert!(
+        wait_until(LONG, || strays(&h).len() == 1),
+        "the detached child"
+    );
+    let first = strays(&h)[0];
+    write_config(
+        &cfg,
+        1,
+        &cmd,
+        "min_uptime = \"1s\"\ndrain_signal = \"SIGTERM\"",
+        &env,
+    );
+    let (code, out, err) = h.reload_cli(&[]);
+    assert_eq!(code, 0, "{out} {err}");
+    let gone = wait_until(LONG, || !pid_alive(first));
+    let marked = std::fs::read_to_string(format!("{}.{first}", mark.display())).ok();
+    let alert = h.log().contains(&format!("ALERT: pid {first}"));
+    eprintln!(
+        "old stray {first} after a reload to drain_signal SIGTERM: gone {gone}, drained by \
+         {marked:?}, ALERT {alert}"
+    );
+    assert!(gone, "{}", h.log());
+    assert_eq!(marked.as_deref(), Some("SIGINT"), "{}", h.log());
+    assert!(!alert, "{}", h.log());
+    assert!(h.stop().success());
+}

@@ -137,12 +137,16 @@ impl Worker {
 /// worker is drained or gone, killed past the drain deadline, waited for at shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stray {
-    /// Its worker serves; nothing to do yet.
+    /// Its worker serves; nothing to do yet. `generation`: the one its environment names,
+    /// whose program it runs: it drains by that generation's signal and timeout.
     Attached {
         owner: WorkerId,
+        generation: u64,
     },
     Draining {
         deadline: Instant,
+        /// The drain timeout it got (for the ALERT line).
+        timeout: Duration,
     },
     Killed,
 }
@@ -403,7 +407,7 @@ impl Machine {
             _ => None,
         });
         let strays = self.strays.values().map(|s| match s {
-            Stray::Draining { deadline } => Some(*deadline),
+            Stray::Draining { deadline, .. } => Some(*deadline),
             _ => None,
         });
         let window = match &self.rollover {
@@ -1069,7 +1073,17 @@ impl Machine {
             RolloverPhase::Running(ro) => Some(ro.generation),
             _ => None,
         };
-        let live: Vec<u64> = self.workers.values().map(|w| w.generation).collect();
+        // A re-parented descendant not yet drained still needs its generation's settings.
+        let strays = self.strays.values().filter_map(|s| match s {
+            Stray::Attached { generation, .. } => Some(*generation),
+            _ => None,
+        });
+        let live: Vec<u64> = self
+            .workers
+            .values()
+            .map(|w| w.generation)
+            .chain(strays)
+            .collect();
         let current = self.current;
         self.generations
             .retain(|g, _| *g == current || Some(*g) == starting || live.contains(g));
@@ -1201,13 +1215,15 @@ impl Machine {
                 _ => {}
             }
         }
-        let due: Vec<i32> = self
+        let due: Vec<(i32, Duration)> = self
             .strays
             .iter()
-            .filter(|(_, s)| matches!(s, Stray::Draining { deadline } if *deadline <= now))
-            .map(|(pid, _)| *pid)
+            .filter_map(|(pid, s)| match s {
+                Stray::Draining { deadline, timeout } if *deadline <= now => Some((*pid, *timeout)),
+                _ => None,
+            })
             .collect();
-        for pid in due {
+        for (pid, timeout) in due {
             self.strays.insert(pid, Stray::Killed);
             self.log(
                 Level::Error,
@@ -1215,7 +1231,7 @@ impl Machine {
                 format!(
                     "ALERT: pid {pid}, a descendant of a worker re-parented to handoff, still runs \
                      {} after the drain signal; sending SIGKILL",
-                    human(self.in_force().drain_timeout)
+                    human(timeout)
                 ),
             );
             self.kill(pid);
@@ -1540,7 +1556,9 @@ impl Machine {
                             tag.map_or(0, |t| t.1)
                         ),
                     );
-                    self.strays.insert(pid, Stray::Attached { owner });
+                    let generation = tag.map_or(self.current, |t| t.0);
+                    self.strays
+                        .insert(pid, Stray::Attached { owner, generation });
                 }
                 _ => {
                     let whose = match tag {
@@ -1554,7 +1572,14 @@ impl Machine {
                         tag.map(|t| t.0),
                         format!("pid {pid}, a re-parented descendant {whose}: draining it"),
                     );
-                    self.strays.insert(pid, Stray::Attached { owner: 0 });
+                    let generation = tag.map_or(self.current, |t| t.0);
+                    self.strays.insert(
+                        pid,
+                        Stray::Attached {
+                            owner: 0,
+                            generation,
+                        },
+                    );
                     self.drain_stray(now, pid);
                 }
             }
@@ -1565,7 +1590,7 @@ impl Machine {
         let theirs: Vec<i32> = self
             .strays
             .iter()
-            .filter(|(_, s)| **s == Stray::Attached { owner })
+            .filter(|(_, s)| matches!(s, Stray::Attached { owner: o, .. } if *o == owner))
             .map(|(pid, _)| *pid)
             .collect();
         for pid in theirs {
@@ -1574,12 +1599,22 @@ impl Machine {
     }
 
     fn drain_stray(&mut self, now: Instant, pid: i32) {
-        let p = self.in_force();
-        let (deadline, signal) = (now + p.drain_timeout, p.drain_signal);
-        if let Some(s @ Stray::Attached { .. }) = self.strays.get_mut(&pid) {
-            *s = Stray::Draining { deadline };
-            self.out.push(Action::Signal { pid, signal });
-        }
+        let Some(&Stray::Attached { generation, .. }) = self.strays.get(&pid) else {
+            return;
+        };
+        // By its own generation's settings, as its worker: found by the scan a drain asks
+        // for, an old generation's stray used to get the settings in force, which by then
+        // were the new generation's (another signal, another timeout).
+        let p = self.settings_of(generation);
+        let (timeout, signal) = (p.drain_timeout, p.drain_signal);
+        self.strays.insert(
+            pid,
+            Stray::Draining {
+                deadline: now + timeout,
+                timeout,
+            },
+        );
+        self.out.push(Action::Signal { pid, signal });
     }
 
     /// SIGKILL to a process and to the process group it leads, if it leads one.

@@ -146,3 +146,31 @@ fn status_shows_the_running_windows_own_min_uptime() {
     let a = ready_all_starting(&mut h);
     assert_eq!(outcome(&a, 2).outcome, Outcome::Ok, "no window: at once");
 }
+
+/// Generation 1's program drains on SIGINT within 10 s; a config reload brings generation 2
+/// with SIGTERM and 1 s. Generation 1's re-parented descendant, found by the scan its
+/// worker's drain asks for, must drain like its worker: SIGINT, 10 s. Before: SIGTERM (the
+/// settings in force had become generation 2's) and SIGKILL after 1 s.
+#[test]
+fn an_old_generations_stray_drains_by_its_own_generations_signal_and_timeout() {
+    let v1 = with(1, |p| p.drain_signal = Signal::SIGINT);
+    let v2 = with(1, |p| p.drain_timeout = SEC);
+    let mut h = Harness::serving(v1);
+    let old = h.pids_in("ready")[0];
+    reload_with(&mut h, 1, v2);
+    ready_all_starting(&mut h);
+    let a = h.after(SEC);
+    assert_eq!(outcome(&a, 1).outcome, Outcome::Ok);
+    assert_eq!(signalled(&a, Signal::SIGINT), [old]);
+    assert!(a.iter().any(|x| matches!(x, Action::ScanChildren)));
+    let a = h.send(Input::Children(vec![(999, Some((1, 0)))]));
+    assert_eq!(signalled(&a, Signal::SIGINT), [999], "{a:?}");
+    assert!(signalled(&a, Signal::SIGTERM).is_empty(), "{a:?}");
+    let a = h.after(2 * SEC);
+    assert!(
+        signalled(&a, Signal::SIGKILL).is_empty(),
+        "killed at generation 2's drain timeout: {a:?}"
+    );
+    let a = h.after(8 * SEC);
+    assert!(signalled(&a, Signal::SIGKILL).contains(&999), "{a:?}");
+}
