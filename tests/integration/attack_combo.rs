@@ -413,3 +413,176 @@ fn an_old_generations_stray_gets_its_own_drain_signal_after_a_config_reload() {
     assert!(!alert, "{}", h.log());
     assert!(h.stop().success());
 }
+
+/// `scale 1` of 3 workers (min_uptime 3s); SIGTERM to handoff inside that window. The
+/// waiting scale must be answered (not hang), handoff exit 0, and every worker of both
+/// generations be gone.
+#[test]
+fn sigterm_inside_the_window_of_a_scale_down() {
+    let d = TempDir::new("combo-term");
+    let cfg = d.path().join("app.toml");
+    write_config(&cfg, 3, &example(), "min_uptime = \"3s\"", &[]);
+    let mut h = start("combo-term", &cfg, 3);
+    let scale = cli_in_thread(&h, &["scale", "1"]);
+    let st = h.wait_for(LONG, |st| st.stabilizing.is_some(), "the scale's window");
+    let pids: Vec<i32> = st.workers.iter().map(|w| w.pid).collect();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(h.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let (rc, out) = scale.join().unwrap();
+    let exit = h.stop();
+    let left: Vec<i32> = pids.iter().copied().filter(|p| pid_alive(*p)).collect();
+    eprintln!(
+        "SIGTERM in a scale-down's window: scale exit {rc} ({}), handoff {exit}, {} workers \
+         before, left {left:?}",
+        out.lines().next().unwrap_or_default(),
+        pids.len()
+    );
+    assert_eq!(rc, 1, "{out}");
+    assert!(out.contains("shutting down"), "{out}");
+    assert!(exit.success(), "{exit}");
+    assert_eq!(pids.len(), 4, "3 old + 1 new");
+    assert!(
+        wait_until(LONG, || pids.iter().all(|p| !pid_alive(*p))),
+        "{left:?}"
+    );
+}
+
+/// A release that says READY=1 and exits 0 200 ms later, with min_uptime 0s (no window):
+/// the reload answers ok at READY=1 (nothing to catch it), then every exit counts as a
+/// crash (it was never 10 s healthy) and the slot backs off: no tight restart loop.
+#[test]
+fn exit_0_right_after_ready_without_a_window_backs_off() {
+    let d = TempDir::new("combo-exit0");
+    let script = d.path().join("worker.py");
+    std::fs::write(
+        &script,
+        "import os, socket, time\n\
+         u = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         u.sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])\n\
+         if os.environ.get('EXIT_AFTER_READY'):\n    time.sleep(0.2)\n    os._exit(0)\n\
+         time.sleep(3600)\n",
+    )
+    .unwrap();
+    let cfg = d.path().join("app.toml");
+    let cmd = vec!["/usr/bin/python3".to_string(), script.display().to_string()];
+    write_config(&cfg, 1, &cmd, "min_uptime = \"0s\"", &[]);
+    let mut h = start("combo-exit0", &cfg, 1);
+    write_config(
+        &cfg,
+        1,
+        &cmd,
+        "min_uptime = \"0s\"",
+        &[("EXIT_AFTER_READY", "1")],
+    );
+    let (code, out, err) = h.reload_cli(&[]);
+    let st = h.wait_for(
+        LONG,
+        |st| st.slots.first().is_some_and(|s| s.crashes >= 4),
+        "the slot crash-looping",
+    );
+    let restarts = h.log().matches("restarting worker 0 in").count();
+    eprintln!(
+        "exit 0 after READY=1, min_uptime 0s: reload exit {code}; crashes {}, next restart in \
+         {:?} ms, {restarts} restarts logged",
+        st.slots[0].crashes, st.slots[0].restart_in_ms
+    );
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(restarts <= st.slots[0].crashes as usize + 1, "{}", h.log());
+    assert!(h.stop().success());
+}
+
+/// `--if-changed` after a config change that was rolled back in its window (version_file
+/// unchanged): the same file is not tried again; the file put back is "unchanged"; a new
+/// good file rolls over.
+#[test]
+fn if_changed_after_a_config_change_rolled_back_in_its_window() {
+    let d = TempDir::new("combo-ifchanged");
+    let pkg = d.path().join("package.json");
+    std::fs::write(&pkg, r#"{"name":"app","version":"1.0.0"}"#).unwrap();
+    let cfg = d.path().join("app.toml");
+    let extra = format!(
+        "min_uptime = \"1s\"\nversion_file = {:?}",
+        pkg.display().to_string()
+    );
+    let good = [("FIXTURE_MODE", "ready")];
+    write_config(&cfg, 2, &fixture(), &extra, &good);
+    let mut h = start("combo-ifchanged", &cfg, 2);
+    let bad = [("FIXTURE_MODE", "crash-after-ready"), ("FIXTURE_MS", "300")];
+    write_config(&cfg, 2, &fixture(), &extra, &bad);
+    let (c1, o1, e1) = h.reload_cli(&[]);
+    let (c2, o2, e2) = h.reload_cli(&["--if-changed"]);
+    write_config(&cfg, 2, &fixture(), &extra, &good);
+    let (c3, o3, e3) = h.reload_cli(&["--if-changed"]);
+    write_config(
+        &cfg,
+        2,
+        &fixture(),
+        &extra,
+        &[("FIXTURE_MODE", "ready"), ("X", "1")],
+    );
+    let (c4, o4, e4) = h.reload_cli(&["--if-changed"]);
+    let st = status_json(&h);
+    eprintln!(
+        "--if-changed after a rolled-back config change: exits {c1} / {c2} / {c3} / {c4}; \
+         generation {} serves, config_differs {:?}",
+        st.current_generation, st.config_differs
+    );
+    assert_eq!(c1, 1, "{o1} {e1}");
+    assert_eq!(c2, 0, "{o2} {e2}");
+    assert!(o2.contains("not trying it again"), "{o2} {e2}");
+    assert_eq!(c3, 0, "{o3} {e3}");
+    assert!(o3.contains("unchanged"), "{o3} {e3}");
+    assert_eq!(c4, 0, "{o4} {e4}");
+    assert!(o4.contains("serves"), "{o4} {e4}");
+    assert_eq!(st.current_generation, 3, "1, 2 rolled back, 3");
+    assert!(st.config_differs.is_none(), "{:?}", st.config_differs);
+    assert!(h.stop().success());
+}
+
+/// Generation 2 (crashes 600 ms after READY=1, min_uptime 2s) is in its window when a
+/// reload of a fixed file (3 workers, rolling) arrives and queues. The window's crash rolls
+/// generation 2 back (exit 1); the queued reload then runs with the fixed file (exit 0).
+#[test]
+fn a_config_reload_queued_behind_a_window_that_crashes() {
+    let d = TempDir::new("combo-queued");
+    let cfg = d.path().join("app.toml");
+    let extra = "min_uptime = \"2s\"";
+    write_config(&cfg, 2, &fixture(), extra, &[("FIXTURE_MODE", "ready")]);
+    let mut h = start("combo-queued", &cfg, 2);
+    let bad = [("FIXTURE_MODE", "crash-after-ready"), ("FIXTURE_MS", "600")];
+    write_config(&cfg, 2, &fixture(), extra, &bad);
+    let first = cli_in_thread(&h, &["reload"]);
+    h.wait_for(LONG, |st| st.stabilizing.is_some(), "generation 2's window");
+    let fixed = "min_uptime = \"1s\"\nrolling = true";
+    write_config(&cfg, 3, &fixture(), fixed, &[("FIXTURE_MODE", "ready")]);
+    let second = cli_in_thread(&h, &["reload"]);
+    let (rc1, out1) = first.join().unwrap();
+    let (rc2, out2) = second.join().unwrap();
+    let st = status_json(&h);
+    let modes: Vec<Option<String>> = st
+        .workers
+        .iter()
+        .filter(|w| w.generation == st.current_generation && w.state == "ready")
+        .map(|w| process_env(w.pid, "FIXTURE_MODE"))
+        .collect();
+    eprintln!(
+        "config reload queued behind a crashing window: exits {rc1} / {rc2}; generation {} \
+         serves {modes:?}, rolling {}",
+        st.current_generation,
+        st.settings.as_ref().unwrap().rolling
+    );
+    assert_eq!(rc1, 1, "{out1}");
+    assert!(out1.contains("stability window"), "{out1}");
+    assert_eq!(rc2, 0, "{out2}");
+    assert_eq!(st.current_generation, 3);
+    assert_eq!(modes.len(), 3, "{st:?}");
+    assert!(
+        modes.iter().all(|m| m.as_deref() == Some("ready")),
+        "{modes:?}"
+    );
+    assert!(st.config_differs.is_none(), "{:?}", st.config_differs);
+    assert!(h.stop().success());
+}
