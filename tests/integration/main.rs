@@ -1,6 +1,7 @@
 //! handoff's integration tests: the real binary, real worker processes, real sockets on
 //! loopback. Build the binaries first (`cargo build --workspace --bins`; tests/run.sh does).
 
+mod attack_combo;
 mod config_reload;
 mod faults;
 mod harness;

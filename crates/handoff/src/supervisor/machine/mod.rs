@@ -137,12 +137,16 @@ impl Worker {
 /// worker is drained or gone, killed past the drain deadline, waited for at shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stray {
-    /// Its worker serves; nothing to do yet.
+    /// Its worker serves; nothing to do yet. `generation`: the one its environment names,
+    /// whose program it runs: it drains by that generation's signal and timeout.
     Attached {
         owner: WorkerId,
+        generation: u64,
     },
     Draining {
         deadline: Instant,
+        /// The drain timeout it got (for the ALERT line).
+        timeout: Duration,
     },
     Killed,
 }
@@ -253,6 +257,11 @@ pub struct Machine {
     /// Settings a reload or scale handed in, for the next rollover to start with (the latest
     /// wins); `None`: the settings in force.
     next: Option<Policy>,
+    /// `handoff scale N` asked for since the file was last read: applied when the next
+    /// rollover begins, to the settings it starts with then (a rollover running when the
+    /// scale arrived may still change them: its settings, if it switches in, or the old
+    /// ones, if it is rolled back).
+    scale_to: Option<usize>,
     /// The restart-bound settings the config file changed, as of its last reading: told with
     /// every reload answer until the file agrees again.
     restart_needed: Vec<String>,
@@ -290,6 +299,7 @@ impl Machine {
         Machine {
             policy,
             next: None,
+            scale_to: None,
             restart_needed: Vec::new(),
             workers: BTreeMap::new(),
             next_worker: 1,
@@ -397,7 +407,7 @@ impl Machine {
             _ => None,
         });
         let strays = self.strays.values().map(|s| match s {
-            Stray::Draining { deadline } => Some(*deadline),
+            Stray::Draining { deadline, .. } => Some(*deadline),
             _ => None,
         });
         let window = match &self.rollover {
@@ -534,6 +544,8 @@ impl Machine {
                 }
                 self.restart_needed = restart_needed;
                 self.next = Some(*settings);
+                // The file was read after the scale: its worker count wins.
+                self.scale_to = None;
                 self.on_reload(now, waiter);
             }
         }
@@ -550,9 +562,10 @@ impl Machine {
             self.reply(waiter, answer);
             return;
         }
-        let mut settings = self.next.take().unwrap_or_else(|| self.in_force().clone());
-        settings.workers = workers;
-        self.next = Some(settings);
+        // Not resolved against the settings in force now: during a rollover (its stability
+        // window, say) those are the old generation's, and taking them here undid the
+        // command or environment the running reload brings once it had switched in.
+        self.scale_to = Some(workers);
         self.on_reload(now, waiter);
     }
 
@@ -560,7 +573,11 @@ impl Machine {
         let settings = if initial {
             self.policy.clone()
         } else {
-            self.next.take().unwrap_or_else(|| self.in_force().clone())
+            let mut s = self.next.take().unwrap_or_else(|| self.in_force().clone());
+            if let Some(n) = self.scale_to.take() {
+                s.workers = n;
+            }
+            s
         };
         self.rollover = RolloverPhase::Preparing {
             waiters,
@@ -926,6 +943,15 @@ impl Machine {
         };
         self.log(Level::Error, Some(generation), message.clone());
         self.finish(now, outcome, message);
+        // A rolling rollover stopped part of the way serves with the slots it has: a scale
+        // up that never reached its new slots does not run that many workers, so the
+        // generation must not claim it (status, `config_differs` and `--if-changed` read
+        // it). `failed_release` above keeps the count that was tried.
+        if outcome == Outcome::Partial
+            && let Some(g) = self.generations.get_mut(&generation)
+        {
+            g.policy.workers = n;
+        }
         if !release_at_fault
             && let Some(f) = &self.failed_release
             && f.generation == generation
@@ -1047,7 +1073,17 @@ impl Machine {
             RolloverPhase::Running(ro) => Some(ro.generation),
             _ => None,
         };
-        let live: Vec<u64> = self.workers.values().map(|w| w.generation).collect();
+        // A re-parented descendant not yet drained still needs its generation's settings.
+        let strays = self.strays.values().filter_map(|s| match s {
+            Stray::Attached { generation, .. } => Some(*generation),
+            _ => None,
+        });
+        let live: Vec<u64> = self
+            .workers
+            .values()
+            .map(|w| w.generation)
+            .chain(strays)
+            .collect();
         let current = self.current;
         self.generations
             .retain(|g, _| *g == current || Some(*g) == starting || live.contains(g));
@@ -1179,13 +1215,15 @@ impl Machine {
                 _ => {}
             }
         }
-        let due: Vec<i32> = self
+        let due: Vec<(i32, Duration)> = self
             .strays
             .iter()
-            .filter(|(_, s)| matches!(s, Stray::Draining { deadline } if *deadline <= now))
-            .map(|(pid, _)| *pid)
+            .filter_map(|(pid, s)| match s {
+                Stray::Draining { deadline, timeout } if *deadline <= now => Some((*pid, *timeout)),
+                _ => None,
+            })
             .collect();
-        for pid in due {
+        for (pid, timeout) in due {
             self.strays.insert(pid, Stray::Killed);
             self.log(
                 Level::Error,
@@ -1193,7 +1231,7 @@ impl Machine {
                 format!(
                     "ALERT: pid {pid}, a descendant of a worker re-parented to handoff, still runs \
                      {} after the drain signal; sending SIGKILL",
-                    human(self.in_force().drain_timeout)
+                    human(timeout)
                 ),
             );
             self.kill(pid);
@@ -1518,7 +1556,9 @@ impl Machine {
                             tag.map_or(0, |t| t.1)
                         ),
                     );
-                    self.strays.insert(pid, Stray::Attached { owner });
+                    let generation = tag.map_or(self.current, |t| t.0);
+                    self.strays
+                        .insert(pid, Stray::Attached { owner, generation });
                 }
                 _ => {
                     let whose = match tag {
@@ -1532,7 +1572,14 @@ impl Machine {
                         tag.map(|t| t.0),
                         format!("pid {pid}, a re-parented descendant {whose}: draining it"),
                     );
-                    self.strays.insert(pid, Stray::Attached { owner: 0 });
+                    let generation = tag.map_or(self.current, |t| t.0);
+                    self.strays.insert(
+                        pid,
+                        Stray::Attached {
+                            owner: 0,
+                            generation,
+                        },
+                    );
                     self.drain_stray(now, pid);
                 }
             }
@@ -1543,7 +1590,7 @@ impl Machine {
         let theirs: Vec<i32> = self
             .strays
             .iter()
-            .filter(|(_, s)| **s == Stray::Attached { owner })
+            .filter(|(_, s)| matches!(s, Stray::Attached { owner: o, .. } if *o == owner))
             .map(|(pid, _)| *pid)
             .collect();
         for pid in theirs {
@@ -1552,12 +1599,22 @@ impl Machine {
     }
 
     fn drain_stray(&mut self, now: Instant, pid: i32) {
-        let p = self.in_force();
-        let (deadline, signal) = (now + p.drain_timeout, p.drain_signal);
-        if let Some(s @ Stray::Attached { .. }) = self.strays.get_mut(&pid) {
-            *s = Stray::Draining { deadline };
-            self.out.push(Action::Signal { pid, signal });
-        }
+        let Some(&Stray::Attached { generation, .. }) = self.strays.get(&pid) else {
+            return;
+        };
+        // By its own generation's settings, as its worker: found by the scan a drain asks
+        // for, an old generation's stray used to get the settings in force, which by then
+        // were the new generation's (another signal, another timeout).
+        let p = self.settings_of(generation);
+        let (timeout, signal) = (p.drain_timeout, p.drain_signal);
+        self.strays.insert(
+            pid,
+            Stray::Draining {
+                deadline: now + timeout,
+                timeout,
+            },
+        );
+        self.out.push(Action::Signal { pid, signal });
     }
 
     /// SIGKILL to a process and to the process group it leads, if it leads one.

@@ -144,7 +144,9 @@ impl Machine {
             generation: ro.generation,
             slots,
             left_ms: at.saturating_duration_since(now).as_millis() as u64,
-            min_uptime_ms: self.policy.min_uptime.as_millis() as u64,
+            // The window's own generation's (a config reload may have changed it since the
+            // start).
+            min_uptime_ms: self.settings_of(ro.generation).min_uptime.as_millis() as u64,
         })
     }
 
@@ -193,7 +195,7 @@ impl Machine {
             line.push_str(&format!(
                 "; gen {} stabilizing (min_uptime {})",
                 ro.generation,
-                human(self.policy.min_uptime)
+                human(self.settings_of(ro.generation).min_uptime)
             ));
         }
         if let Some(last) = &self.last {

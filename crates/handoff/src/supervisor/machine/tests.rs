@@ -3,6 +3,8 @@
 
 use super::*;
 
+/// Config reload and the stability window together.
+mod combo;
 /// Reloads that bring settings (a re-read config file) and `scale`.
 mod settings;
 
