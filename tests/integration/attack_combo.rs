@@ -35,27 +35,6 @@ fn write_config(
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn start(tag: &str, cfg: &Path, workers: usize) -> Handoff {
-    Handoff::start(
-        tag,
-        Opts {
-            args: vec!["--config".into(), cfg.display().to_string()],
-            worker: vec![],
-            wait_ready: workers,
-            ..Default::default()
-        },
-    )
-}
-
-fn fixture() -> Vec<String> {
-    vec![bin("handoff-fixture").display().to_string()]
-}
-
-/// An HTTP worker (the fixture answers no requests).
-fn example() -> Vec<String> {
-    vec![bin("handoff-example-worker").display().to_string()]
-}
-
 fn status_json(h: &Handoff) -> StatusReport {
     let out = h.cli(&["status"], &["--json"]);
     assert!(out.status.success(), "{out:?}");
@@ -93,11 +72,11 @@ fn scale_inside_a_window_keeps_what_the_config_reload_brought() {
     let d = TempDir::new("combo-scale");
     let cfg = d.path().join("app.toml");
     let extra = "min_uptime = \"2s\"";
-    write_config(&cfg, 2, &example(), extra, &[("APP_FLAVOUR", "old")]);
-    let mut h = start("combo-scale", &cfg, 2);
+    write_config(&cfg, 2, &example_worker(), extra, &[("APP_FLAVOUR", "old")]);
+    let mut h = start_config("combo-scale", &cfg, 2);
     let stop = Arc::new(AtomicBool::new(false));
     let clients = load(&h.addr(), 2, stop.clone());
-    write_config(&cfg, 2, &example(), extra, &[("APP_FLAVOUR", "new")]);
+    write_config(&cfg, 2, &example_worker(), extra, &[("APP_FLAVOUR", "new")]);
     let reload = cli_in_thread(&h, &["reload"]);
     h.wait_for(
         LONG,
@@ -150,7 +129,7 @@ fn a_rolling_scale_up_stopped_in_a_window_says_how_many_workers_run() {
     let cfg = d.path().join("app.toml");
     let extra = "rolling = true\nmin_uptime = \"1s\"";
     write_config(&cfg, 1, &fixture(), extra, &[("FIXTURE_MODE", "ready")]);
-    let mut h = start("combo-partial", &cfg, 1);
+    let mut h = start_config("combo-partial", &cfg, 1);
     // Slot 1 of the new release crashes 300 ms after READY=1; the others are fine.
     let wrapper = vec![
         "/bin/sh".to_string(),
@@ -191,32 +170,6 @@ fn a_rolling_scale_up_stopped_in_a_window_says_how_many_workers_run() {
     assert!(h.stop().success());
 }
 
-/// handoff's children that are not its workers: re-parented descendants.
-fn strays(h: &Handoff) -> Vec<i32> {
-    let workers: Vec<i32> = h
-        .status()
-        .map(|st| st.workers.iter().map(|w| w.pid).collect())
-        .unwrap_or_default();
-    let mut out = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{}/task", h.pid()))
-        .unwrap()
-        .flatten()
-    {
-        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        out.extend(
-            list.split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-                .filter(|p| !workers.contains(p))
-                .filter(|p| {
-                    let comm =
-                        std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-                    comm.trim() != "handoff-guard"
-                }),
-        );
-    }
-    out
-}
-
 /// Double-forks a SIGTERM-ignoring child that keeps fd 3, says READY=1, then serves or
 /// (CRASH_AFTER_READY set) exits 3 after that many seconds.
 const DAEMONIZING: &str = r#"
@@ -250,10 +203,10 @@ fn a_daemonizing_release_rolled_back_in_its_window_leaves_no_stray() {
     let script = d.path().join("worker.py");
     std::fs::write(&script, DAEMONIZING).unwrap();
     let cfg = d.path().join("app.toml");
-    let cmd = vec!["/usr/bin/python3".to_string(), script.display().to_string()];
+    let cmd = vec![python(), script.display().to_string()];
     let extra = "min_uptime = \"1s\"";
     write_config(&cfg, 2, &cmd, extra, &[]);
-    let mut h = start("combo-daemon", &cfg, 2);
+    let mut h = start_config("combo-daemon", &cfg, 2);
     assert!(
         wait_until(LONG, || strays(&h).len() == 2),
         "the first generation's detached children"
@@ -305,16 +258,16 @@ fn a_daemonizing_release_rolled_back_in_its_window_leaves_no_stray() {
 fn a_reload_changing_min_uptime_inside_a_window() {
     let d = TempDir::new("combo-uptime");
     let cfg = d.path().join("app.toml");
-    write_config(&cfg, 2, &example(), "min_uptime = \"1s\"", &[]);
-    let mut h = start("combo-uptime", &cfg, 2);
+    write_config(&cfg, 2, &example_worker(), "min_uptime = \"1s\"", &[]);
+    let mut h = start_config("combo-uptime", &cfg, 2);
     let stop = Arc::new(AtomicBool::new(false));
     let clients = load(&h.addr(), 2, stop.clone());
-    write_config(&cfg, 2, &example(), "min_uptime = \"3s\"", &[]);
+    write_config(&cfg, 2, &example_worker(), "min_uptime = \"3s\"", &[]);
     let first = cli_in_thread(&h, &["reload"]);
     let st = h.wait_for(LONG, |st| st.stabilizing.is_some(), "the 3 s window");
     let win = st.stabilizing.clone().unwrap();
     let line = String::from_utf8_lossy(&h.cli(&["status"], &[]).stdout).to_string();
-    write_config(&cfg, 2, &example(), "min_uptime = \"0s\"", &[]);
+    write_config(&cfg, 2, &example_worker(), "min_uptime = \"0s\"", &[]);
     let second = cli_in_thread(&h, &["reload"]);
     let (rc1, out1) = first.join().unwrap();
     let (rc2, out2) = second.join().unwrap();
@@ -377,7 +330,7 @@ fn an_old_generations_stray_gets_its_own_drain_signal_after_a_config_reload() {
     std::fs::write(&script, SIGINT_DAEMON).unwrap();
     let mark = d.path().join("stray-drained");
     let cfg = d.path().join("app.toml");
-    let cmd = vec!["/usr/bin/python3".to_string(), script.display().to_string()];
+    let cmd = vec![python(), script.display().to_string()];
     let env = [("MARK", mark.to_str().unwrap())];
     write_config(
         &cfg,
@@ -386,7 +339,7 @@ fn an_old_generations_stray_gets_its_own_drain_signal_after_a_config_reload() {
         "min_uptime = \"1s\"\ndrain_signal = \"SIGINT\"",
         &env,
     );
-    let mut h = start("combo-stray-sig", &cfg, 1);
+    let mut h = start_config("combo-stray-sig", &cfg, 1);
     assert!(
         wait_until(LONG, || strays(&h).len() == 1),
         "the detached child"
@@ -421,8 +374,8 @@ fn an_old_generations_stray_gets_its_own_drain_signal_after_a_config_reload() {
 fn sigterm_inside_the_window_of_a_scale_down() {
     let d = TempDir::new("combo-term");
     let cfg = d.path().join("app.toml");
-    write_config(&cfg, 3, &example(), "min_uptime = \"3s\"", &[]);
-    let mut h = start("combo-term", &cfg, 3);
+    write_config(&cfg, 3, &example_worker(), "min_uptime = \"3s\"", &[]);
+    let mut h = start_config("combo-term", &cfg, 3);
     let scale = cli_in_thread(&h, &["scale", "1"]);
     let st = h.wait_for(LONG, |st| st.stabilizing.is_some(), "the scale's window");
     let pids: Vec<i32> = st.workers.iter().map(|w| w.pid).collect();
@@ -467,9 +420,9 @@ fn exit_0_right_after_ready_without_a_window_backs_off() {
     )
     .unwrap();
     let cfg = d.path().join("app.toml");
-    let cmd = vec!["/usr/bin/python3".to_string(), script.display().to_string()];
+    let cmd = vec![python(), script.display().to_string()];
     write_config(&cfg, 1, &cmd, "min_uptime = \"0s\"", &[]);
-    let mut h = start("combo-exit0", &cfg, 1);
+    let mut h = start_config("combo-exit0", &cfg, 1);
     write_config(
         &cfg,
         1,
@@ -509,7 +462,7 @@ fn if_changed_after_a_config_change_rolled_back_in_its_window() {
     );
     let good = [("FIXTURE_MODE", "ready")];
     write_config(&cfg, 2, &fixture(), &extra, &good);
-    let mut h = start("combo-ifchanged", &cfg, 2);
+    let mut h = start_config("combo-ifchanged", &cfg, 2);
     let bad = [("FIXTURE_MODE", "crash-after-ready"), ("FIXTURE_MS", "300")];
     write_config(&cfg, 2, &fixture(), &extra, &bad);
     let (c1, o1, e1) = h.reload_cli(&[]);
@@ -551,7 +504,7 @@ fn a_config_reload_queued_behind_a_window_that_crashes() {
     let cfg = d.path().join("app.toml");
     let extra = "min_uptime = \"2s\"";
     write_config(&cfg, 2, &fixture(), extra, &[("FIXTURE_MODE", "ready")]);
-    let mut h = start("combo-queued", &cfg, 2);
+    let mut h = start_config("combo-queued", &cfg, 2);
     let bad = [("FIXTURE_MODE", "crash-after-ready"), ("FIXTURE_MS", "600")];
     write_config(&cfg, 2, &fixture(), extra, &bad);
     let first = cli_in_thread(&h, &["reload"]);

@@ -51,15 +51,7 @@ impl Config {
 
 fn start(tag: &str, cfg: &Config, workers: usize) -> Handoff {
     cfg.write(workers, "");
-    Handoff::start(
-        tag,
-        Opts {
-            args: vec!["--config".into(), cfg.path.display().to_string()],
-            worker: vec![],
-            wait_ready: workers,
-            ..Default::default()
-        },
-    )
+    start_config(tag, &cfg.path, workers)
 }
 
 /// Workers of the serving generation that are ready (what `handoff status --json` shows).
@@ -75,10 +67,6 @@ fn live_workers(h: &Handoff) -> usize {
 
 fn settings_workers(st: &StatusReport) -> usize {
     st.settings.as_ref().expect("settings in status").workers
-}
-
-fn fixture() -> Vec<String> {
-    vec![bin("handoff-fixture").display().to_string()]
 }
 
 #[test]

@@ -1,52 +1,12 @@
 //! Faults, round two: what a hostile release, an unlucky machine or a careless operator does to
 //! handoff (issue 11). Each test failed on the code before its fix.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use handoff_common::protocol::{self, Outcome, Request, Response};
 
 use crate::harness::*;
-
-fn example_worker() -> Vec<String> {
-    vec![bin("handoff-example-worker").display().to_string()]
-}
-
-/// A python3 every user can run (the system one; a pyenv shim under /root is not).
-fn python() -> String {
-    if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3".into()
-    } else {
-        "python3".into()
-    }
-}
-
-/// handoff's children that are not its workers: re-parented descendants.
-fn strays(h: &Handoff) -> Vec<i32> {
-    let workers: Vec<i32> = h
-        .status()
-        .map(|st| st.workers.iter().map(|w| w.pid).collect())
-        .unwrap_or_default();
-    let mut out = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{}/task", h.pid()))
-        .unwrap()
-        .flatten()
-    {
-        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        out.extend(
-            list.split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-                .filter(|p| !workers.contains(p))
-                .filter(|p| {
-                    let comm =
-                        std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-                    comm.trim() != "handoff-guard"
-                }),
-        );
-    }
-    out
-}
 
 /// A worker that double-forks (as Node's `spawn({detached: true})` does) a process that keeps
 /// accepting on fd 3 and ignores SIGTERM, then serves and notifies itself.

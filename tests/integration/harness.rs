@@ -587,3 +587,61 @@ pub fn finish_load(stop: &AtomicBool, clients: Vec<thread::JoinHandle<LoadStats>
     }
     total
 }
+
+/// handoff run --config `cfg`, once `workers` workers are ready.
+pub fn start_config(tag: &str, cfg: &Path, workers: usize) -> Handoff {
+    Handoff::start(
+        tag,
+        Opts {
+            args: vec!["--config".into(), cfg.display().to_string()],
+            worker: vec![],
+            wait_ready: workers,
+            ..Default::default()
+        },
+    )
+}
+
+/// The fixture worker (reports what it was handed; answers no requests).
+pub fn fixture() -> Vec<String> {
+    vec![bin("handoff-fixture").display().to_string()]
+}
+
+/// The Rust example worker (an HTTP server).
+pub fn example_worker() -> Vec<String> {
+    vec![bin("handoff-example-worker").display().to_string()]
+}
+
+/// A python3 every user can run (the system one; a pyenv shim under /root is not).
+pub fn python() -> String {
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3".into()
+    } else {
+        "python3".into()
+    }
+}
+
+/// handoff's children that are not its workers: re-parented descendants.
+pub fn strays(h: &Handoff) -> Vec<i32> {
+    let workers: Vec<i32> = h
+        .status()
+        .map(|st| st.workers.iter().map(|w| w.pid).collect())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{}/task", h.pid()))
+        .unwrap()
+        .flatten()
+    {
+        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .filter(|p| !workers.contains(p))
+                .filter(|p| {
+                    let comm =
+                        std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+                    comm.trim() != "handoff-guard"
+                }),
+        );
+    }
+    out
+}

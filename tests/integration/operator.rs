@@ -9,10 +9,6 @@ use handoff_common::protocol::{self, Request, Response};
 
 use crate::harness::*;
 
-fn fixture() -> Vec<String> {
-    vec![bin("handoff-fixture").display().to_string()]
-}
-
 fn start(tag: &str, extra: &[&str], mode_file: &std::path::Path) -> Handoff {
     let mut args = s(&["--listen", "127.0.0.1:0"]);
     args.extend(s(extra));

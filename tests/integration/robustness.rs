@@ -7,10 +7,6 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-fn fixture() -> Vec<String> {
-    vec![bin("handoff-fixture").display().to_string()]
-}
-
 fn start_fixture(tag: &str, extra: &[&str], env: Vec<(&'static str, String)>) -> Handoff {
     let mut args = s(&["--listen", "127.0.0.1:0"]);
     args.extend(s(extra));

@@ -10,14 +10,6 @@ use handoff_common::protocol::{self as control, Outcome, Request, Response};
 
 use crate::harness::*;
 
-fn example_worker() -> Vec<String> {
-    vec![bin("handoff-example-worker").display().to_string()]
-}
-
-fn fixture() -> Vec<String> {
-    vec![bin("handoff-fixture").display().to_string()]
-}
-
 #[test]
 fn twenty_rollovers_under_load_fail_no_request() {
     let mut h = Handoff::start(

@@ -13,10 +13,6 @@ use nix::unistd::Pid;
 
 use crate::harness::*;
 
-fn example_worker() -> Vec<String> {
-    vec![bin("handoff-example-worker").display().to_string()]
-}
-
 /// handoff with `workers` example workers reading their release from `package.json` in a
 /// temp dir (kept alive with the handoff).
 fn start(tag: &str, workers: usize, min_uptime: &str, release: &str) -> (Handoff, TempDir) {

@@ -209,6 +209,15 @@ fn signalled(actions: &[Action], sig: Signal) -> Vec<i32> {
         .collect()
 }
 
+/// The answer `waiter` got in `a`.
+fn outcome(a: &[Action], waiter: WaiterId) -> ReloadReply {
+    replies(a)
+        .into_iter()
+        .find(|(w, _)| *w == waiter)
+        .map(|(_, r)| r)
+        .unwrap_or_else(|| panic!("no answer for {waiter} in {a:?}"))
+}
+
 fn replies(actions: &[Action]) -> Vec<(WaiterId, ReloadReply)> {
     actions
         .iter()

@@ -9,14 +9,6 @@ fn with(workers: usize, f: impl FnOnce(&mut Policy)) -> Policy {
     p
 }
 
-fn outcome(a: &[Action], waiter: WaiterId) -> ReloadReply {
-    replies(a)
-        .into_iter()
-        .find(|(w, _)| *w == waiter)
-        .map(|(_, r)| r)
-        .unwrap_or_else(|| panic!("no answer for {waiter} in {a:?}"))
-}
-
 fn reload_with(h: &mut Harness, waiter: WaiterId, settings: Policy) -> Vec<Action> {
     h.send(Input::ReloadConfig {
         waiter: Some(waiter),

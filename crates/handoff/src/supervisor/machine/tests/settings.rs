@@ -28,14 +28,6 @@ fn with(workers: usize, f: impl FnOnce(&mut Policy)) -> Policy {
     p
 }
 
-fn outcome(a: &[Action], waiter: WaiterId) -> ReloadReply {
-    replies(a)
-        .into_iter()
-        .find(|(w, _)| *w == waiter)
-        .map(|(_, r)| r)
-        .unwrap_or_else(|| panic!("no answer for {waiter} in {a:?}"))
-}
-
 #[test]
 fn a_reload_with_more_workers_scales_up_and_one_with_fewer_scales_down() {
     let mut h = Harness::serving(policy(2));
