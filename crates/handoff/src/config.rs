@@ -340,9 +340,6 @@ enum Count {
     Other(toml::Value),
 }
 
-/// The largest config file read (a real one is a few hundred bytes).
-pub const MAX_FILE: u64 = 1 << 20;
-
 /// Reads and parses a config file.
 pub fn load_file(path: &Path) -> Result<Options, ConfigError> {
     let name = path.display().to_string();
@@ -353,30 +350,13 @@ pub fn load_file(path: &Path) -> Result<Options, ConfigError> {
     parse_str(&text, &name)
 }
 
-/// A regular file of at most [`MAX_FILE`] bytes. Opened non-blocking: the file is re-read
-/// on the supervisor's loop at each reload, and a FIFO put in its place must not stop it.
+/// The file as text. Read like the version file (`release::read_bounded`: a regular file of
+/// at most 1 MiB, opened non-blocking): it is re-read on the supervisor's loop at each reload,
+/// and a FIFO put in its place must not stop it.
 fn read_capped(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)?;
-    let meta = f.metadata()?;
-    if !meta.is_file() {
-        return Err(std::io::Error::other(
-            "not a regular file (a FIFO or device is not read)",
-        ));
-    }
-    let mut text = String::new();
-    // Capped while reading too: the file may grow after the size was looked at.
-    f.take(MAX_FILE + 1).read_to_string(&mut text)?;
-    if meta.len() > MAX_FILE || text.len() as u64 > MAX_FILE {
-        return Err(std::io::Error::other(format!(
-            "larger than {MAX_FILE} bytes; not a config file"
-        )));
-    }
-    Ok(text)
+    let bytes = handoff_common::release::read_bounded(path)?;
+    String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
 /// The config file read again for a reload: the file overlaid by the command line given at
@@ -676,7 +656,11 @@ mod tests {
         let e = load_file(&fifo).unwrap_err().to_string();
         assert!(e.contains("not a regular file"), "{e}");
         let big = d.join("big.toml");
-        std::fs::write(&big, vec![b'#'; MAX_FILE as usize + 1]).unwrap();
+        std::fs::write(
+            &big,
+            vec![b'#'; handoff_common::release::MAX_SIZE as usize + 1],
+        )
+        .unwrap();
         let e = load_file(&big).unwrap_err().to_string();
         assert!(e.contains("larger than"), "{e}");
         let e = load_file(&d.join("missing.toml")).unwrap_err().to_string();
