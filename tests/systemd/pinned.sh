@@ -153,10 +153,17 @@ FEATURE = "on"'
   else bad "config reload: rc $rc, ready $ready, settings workers $w, environment '$env', worker env '$mode', generation $g0 -> $(curgen cfg)"; fi
   # B. a bad file: the reload fails, the journal says FILE:LINE at priority err, nothing changes
   cfg_write 1 'MODE = "red"' 'drain_timeout_typo = "5s"'
-  local c; c=$(jcursor)
+  local c; c=$(jcursor)   # for the diagnostics below
   g0=$(curgen cfg)
   sx systemctl reload handoff@cfg.service 2>/dev/null; rc=$?
-  local line; line=$(sx journalctl --no-pager -q -o cat -p err --after-cursor="$c" -u handoff@cfg.service | grep -m1 "$(app_toml cfg):7: key \`drain_timeout_typo\`")
+  local want line; want="$(app_toml cfg):7: key \`drain_timeout_typo\`"
+  # journald reads handoff's stream on its own time: wait for the line, not just after the reload.
+  # No --after-cursor here: with a cursor, -p err and -u, journalctl 252 returned systemd's
+  # "Reload failed" line but not handoff's, although that entry has PRIORITY=3 and the unit
+  # (`-o verbose -g` shows it). The line names a key no earlier file had: the whole journal will do.
+  cfg_err() { sx journalctl --no-pager -q -o cat -p err -u handoff@cfg.service | grep -m1 -F -- "$want"; }
+  wait_for 10 cfg_err >/dev/null
+  line=$(cfg_err)
   ready=$(hj cfg 'd["ready"]'); w=$(hj cfg 'd["settings"]["workers"]')
   if [ "$rc" != 0 ] && [ -n "$line" ] && [ "$ready" = 3 ] && [ "$w" = 3 ] && [ "$(curgen cfg)" = "$g0" ]; then
     ok "config reload: a bad file: systemctl reload exit $rc; journal (priority err): '$(cut -c1-160 <<<"$line")'; still generation $g0 with 3 workers"
