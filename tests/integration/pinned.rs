@@ -56,19 +56,25 @@ fn switch(root: &Path, name: &str) {
 }
 
 fn start(tag: &str, working_directory: &Path) -> Handoff {
+    start_with(tag, working_directory, &[])
+}
+
+fn start_with(tag: &str, working_directory: &Path, extra: &[&str]) -> Handoff {
+    let mut args = s(extra);
+    args.extend([
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--working-directory".into(),
+        working_directory.display().to_string(),
+        "--version-file".into(),
+        working_directory.join("package.json").display().to_string(),
+        "--drain-timeout".into(),
+        "5s".into(),
+    ]);
     Handoff::start(
         tag,
         Opts {
-            args: vec![
-                "--listen".into(),
-                "127.0.0.1:0".into(),
-                "--working-directory".into(),
-                working_directory.display().to_string(),
-                "--version-file".into(),
-                working_directory.join("package.json").display().to_string(),
-                "--drain-timeout".into(),
-                "5s".into(),
-            ],
+            args,
             // Relative: found in, and run from, the pinned release.
             worker: vec![python(), "worker.py".into()],
             ..Default::default()
@@ -259,4 +265,103 @@ fn a_working_directory_that_resolves_to_nothing_fails_the_reload_with_its_name()
         "{err}"
     );
     assert_eq!(h.status().unwrap().current_generation, 1);
+}
+
+#[test]
+fn a_symlink_loop_fails_the_reload_and_the_old_generation_serves() {
+    let root = TempDir::new("pin-loop");
+    release(root.path(), "1", "1.0.0", false);
+    switch(root.path(), "1");
+    let h = start("pin-loop", &root.path().join("current"));
+    let (pid, _) = serving(&h.status().unwrap()).unwrap();
+    let tmp = root.path().join("current.tmp");
+    std::os::unix::fs::symlink("current", &tmp).unwrap();
+    std::fs::rename(&tmp, root.path().join("current")).unwrap();
+    let (code, _, err) = h.reload_cli(&[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("(a symlink loop?)"), "{err}");
+    let st = h.status().unwrap();
+    assert_eq!(serving(&st).map(|(p, _)| p), Some(pid), "{st:?}");
+}
+
+#[test]
+fn a_switch_during_a_rollover_does_not_change_the_release_it_started_from() {
+    let root = TempDir::new("pin-mid");
+    release(root.path(), "1", "1.0.0", false);
+    switch(root.path(), "1");
+    let h = start_with(
+        "pin-mid",
+        &root.path().join("current"),
+        &["--min-uptime", "2s"],
+    );
+    let r2 = release(root.path(), "2", "2.0.0", false);
+    release(root.path(), "3", "3.0.0", false);
+    switch(root.path(), "2");
+    let control = h.control.clone();
+    let bin = handoff_bin();
+    let reload = std::thread::spawn(move || {
+        std::process::Command::new(bin)
+            .args(["reload", "--control"])
+            .arg(control)
+            .output()
+            .unwrap()
+    });
+    // Generation 2 is in its stability window: `current` moves on to 3.
+    h.wait_for(
+        LONG,
+        |st| st.stabilizing.is_some(),
+        "generation 2 stabilizing",
+    );
+    switch(root.path(), "3");
+    let out = reload.join().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let st = h.status().unwrap();
+    assert_eq!(st.current_generation, 2);
+    assert_eq!(release_dir(&st, 2), Some(r2.clone()));
+    let v = &st.generations[0].version.as_ref().unwrap();
+    assert_eq!(v.version.as_deref(), Some("2.0.0"));
+    let (_, status) = crash_and_respawn(&h);
+    assert_eq!(
+        status,
+        format!("cwd={0} pwd={0} version=2.0.0", r2.display())
+    );
+}
+
+#[test]
+fn a_release_the_workers_user_cannot_enter_is_named() {
+    if !nix::unistd::getuid().is_root()
+        || nix::unistd::User::from_name("nobody")
+            .ok()
+            .flatten()
+            .is_none()
+    {
+        eprintln!("SKIP: needs root and a `nobody` user");
+        return;
+    }
+    let root = TempDir::new("pin-perm");
+    use std::os::unix::fs::PermissionsExt;
+    // The temp dir is the test's (0700 by default on some systems): let nobody through.
+    for d in [root.path().to_path_buf(), root.path().join("releases")] {
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    release(root.path(), "1", "1.0.0", false);
+    switch(root.path(), "1");
+    let h = start_with(
+        "pin-perm",
+        &root.path().join("current"),
+        &["--user", "nobody"],
+    );
+    let r2 = release(root.path(), "2", "2.0.0", false);
+    std::fs::set_permissions(&r2, std::fs::Permissions::from_mode(0o700)).unwrap();
+    switch(root.path(), "2");
+    let (code, _, err) = h.reload_cli(&[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot enter the working directory {}: Permission denied",
+            r2.display()
+        )),
+        "{err}"
+    );
 }
