@@ -344,7 +344,7 @@ impl Executor {
                         file.as_deref().map(|f| unreadable(f, &why)),
                         working_directory
                             .as_ref()
-                            .map(|w| Err(format!("{}: {why}", w.display()))),
+                            .map(|w| Err(format!("working_directory {}: {why}", w.display()))),
                     )
                 }
                 Err(_) => {
