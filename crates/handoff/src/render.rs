@@ -33,7 +33,7 @@ pub fn status(r: &StatusReport) -> String {
     if let Some(st) = &r.settings {
         let _ = writeln!(
             o,
-            "settings in force: {} worker(s), {}; ready {} within {}; drain {} within {}{}{}{}",
+            "settings in force: {} worker(s), {}; ready {} within {}; drain {} within {}{}{}{}{}",
             st.workers,
             if st.rolling {
                 "rolling"
@@ -55,6 +55,10 @@ pub fn status(r: &StatusReport) -> String {
                 format!("; environment {}", printable(&st.environment.join(" ")))
             },
             format_args!("; command {}", printable(&st.command.join(" "))),
+            st.working_directory
+                .as_ref()
+                .map(|d| format!(" in {}", printable(&d.display().to_string())))
+                .unwrap_or_default(),
         );
     }
     if let (Some(f), Some(d)) = (&r.config_file, &r.config_differs) {
@@ -89,9 +93,14 @@ pub fn status(r: &StatusReport) -> String {
             },
             None => String::new(),
         };
+        let release = g
+            .release_dir
+            .as_ref()
+            .map(|d| format!("; release {}", printable(&d.display().to_string())))
+            .unwrap_or_default();
         let _ = writeln!(
             o,
-            "generation {}{tag}: started {} ago{version}",
+            "generation {}{tag}: started {} ago{version}{release}",
             g.number,
             ago(g.age_ms)
         );
@@ -108,6 +117,9 @@ pub fn status(r: &StatusReport) -> String {
                     .map(|s| format!("  \"{}\"", printable(s)))
                     .unwrap_or_default()
             );
+            if let Some(note) = &w.runs_on_disk {
+                let _ = writeln!(o, "    worker {} {}", w.slot, printable(note));
+            }
         }
     }
     for s in r

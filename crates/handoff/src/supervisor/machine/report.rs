@@ -37,6 +37,7 @@ pub fn settings_status(p: &Policy) -> SettingsStatus {
         user: p.user.clone(),
         group: p.group.clone(),
         environment: p.environment.iter().map(|(k, _)| k.clone()).collect(),
+        working_directory: p.working_directory.clone(),
     }
 }
 
@@ -69,6 +70,7 @@ impl Machine {
                     state: w.phase.name().to_string(),
                     age_ms: ms(now.saturating_duration_since(w.started)),
                     status: w.status.clone(),
+                    runs_on_disk: w.runs_on_disk.clone(),
                 })
             })
             .collect();
@@ -81,6 +83,7 @@ impl Machine {
                 number: *n,
                 version: g.version.clone(),
                 age_ms: ms(now.saturating_duration_since(g.started)),
+                release_dir: g.release.as_ref().and_then(|r| r.as_ref().ok()).cloned(),
             })
             .collect();
         StatusReport {
