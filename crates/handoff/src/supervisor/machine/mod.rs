@@ -1300,11 +1300,16 @@ impl Machine {
     }
 
     /// `WATCHDOG=trigger`: a serving worker is replaced at once; a new worker of a rollover
-    /// fails it (the release says it is broken).
+    /// fails it (the release says it is broken). Only with `watchdog` set: without, the
+    /// message means nothing (as systemd ignores it without `WatchdogSec=`), and a worker
+    /// that sends it anyway must not stop a start or a reload.
     fn watchdog_triggered(&mut self, now: Instant, id: WorkerId) {
         let Some(w) = self.workers.get(&id) else {
             return;
         };
+        if self.settings_of(w.generation).watchdog.is_none() {
+            return;
+        }
         let (slot, pid) = (w.slot, w.pid.unwrap_or_default());
         let words = w.last_words();
         if self.rollover_of(id).is_some() {

@@ -234,10 +234,18 @@ fn pings_keep_a_worker_and_watchdog_trigger_replaces_it_at_once() {
 }
 
 #[test]
-fn without_a_watchdog_pings_change_nothing_and_nothing_wakes_handoff() {
+fn without_a_watchdog_pings_and_triggers_change_nothing_and_nothing_wakes_handoff() {
     let mut h = Harness::serving(policy(2));
     assert_eq!(h.m.next_deadline(), None, "an idle handoff sleeps");
     h.ping(100);
+    let a = h.say(
+        101,
+        Message {
+            watchdog_trigger: true,
+            ..Message::default()
+        },
+    );
+    assert!(spawned(&a).is_empty(), "no watchdog: WATCHDOG=trigger means nothing");
     let a = h.after(Duration::from_secs(3600));
     assert!(spawned(&a).is_empty());
 }
