@@ -15,6 +15,8 @@ use crate::stats::{median_f64, quantile};
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CostResult {
     pub workers: usize,
+    /// The worker health options this row ran with (empty: none).
+    pub health: String,
     pub rss_kib_started: u64,
     pub rss_kib_after_rollovers: u64,
     /// After the rollovers: anonymous (private) and file-backed parts of the RSS.
@@ -30,24 +32,52 @@ pub struct CostResult {
     pub cpu_ms_per_rollover_precise: f64,
 }
 
+/// Worker health options a cost row runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    None,
+    /// `max_memory` and `max_age`: one memory sample a second, nothing else.
+    Limits,
+    /// A per-worker watchdog: every worker pings twice per interval.
+    Watchdog,
+}
+
+impl Health {
+    pub fn args(self) -> Vec<String> {
+        let a: &[&str] = match self {
+            Health::None => &[],
+            Health::Limits => &["--max-memory", "512M", "--max-age", "24h"],
+            Health::Watchdog => &["--watchdog", "10s"],
+        };
+        a.iter().map(|s| s.to_string()).collect()
+    }
+}
+
 /// For each worker count: RSS after start, idle wakeups over `idle`, CPU per rollover over
 /// `rollovers` rollovers (a tenth of them past 8 workers, each of which starts that many
 /// processes), RSS after them.
 pub fn cost(
     paths: &Paths,
-    worker_counts: &[usize],
+    worker_counts: &[(usize, Health)],
     idle: Duration,
     rollovers: usize,
     port: u16,
 ) -> Result<Vec<CostResult>> {
     let mut out = Vec::new();
-    for &workers in worker_counts {
+    for &(workers, health) in worker_counts {
         let rollovers = if workers > 8 {
             (rollovers / 10).max(1)
         } else {
             rollovers
         };
-        eprintln!("== cost: handoff with {workers} worker(s)");
+        eprintln!(
+            "== cost: handoff with {workers} worker(s){}",
+            if health.args().is_empty() {
+                String::new()
+            } else {
+                format!(", {}", health.args().join(" "))
+            }
+        );
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let mut h = Handoff::new(
             paths,
@@ -58,6 +88,7 @@ pub fn cost(
                 command: paths.worker_command(WorkerKind::Rust)?,
                 env: Vec::new(),
                 dir: paths.scratch(&format!("cost-{workers}"))?,
+                args: health.args(),
             },
         );
         h.start()?;
@@ -86,6 +117,7 @@ pub fn cost(
         h.stop()?;
         let r = CostResult {
             workers,
+            health: health.args().join(" "),
             rss_kib_started,
             rss_kib_after_rollovers,
             rss_anon_kib,
@@ -113,12 +145,17 @@ pub fn cost(
 
 pub fn cost_table(rows: &[CostResult]) -> String {
     let mut s = String::from(
-        "| workers | RSS after start (MiB) | RSS after the rollovers (MiB) | of which anonymous / file-backed (MiB) | threads | idle wakeups / s (context switches over the idle time) | CPU per rollover, /proc/PID/stat (ms) | CPU per rollover, schedstat (ms) |\n|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+        "| workers | worker health options | RSS after start (MiB) | RSS after the rollovers (MiB) | of which anonymous / file-backed (MiB) | threads | idle wakeups / s (context switches over the idle time) | CPU per rollover, /proc/PID/stat (ms) | CPU per rollover, schedstat (ms) |\n|--:|:--|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for r in rows {
         s.push_str(&format!(
-            "| {} | {:.2} | {:.2} | {:.2} / {:.2} | {} | {:.2} ({} in {:.1} s) | {:.2} | {:.3} |\n",
+            "| {} | {} | {:.2} | {:.2} | {:.2} / {:.2} | {} | {:.2} ({} in {:.1} s) | {:.2} | {:.3} |\n",
             r.workers,
+            if r.health.is_empty() {
+                "none".to_string()
+            } else {
+                format!("`{}`", r.health)
+            },
             r.rss_kib_started as f64 / 1024.0,
             r.rss_kib_after_rollovers as f64 / 1024.0,
             r.rss_anon_kib as f64 / 1024.0,
@@ -171,6 +208,7 @@ pub fn scale(
                 command: paths.worker_command(WorkerKind::Rust)?,
                 env: Vec::new(),
                 dir: paths.scratch(&format!("scale-{workers}x{sockets}"))?,
+                args: Vec::new(),
             },
         );
         h.start()?;

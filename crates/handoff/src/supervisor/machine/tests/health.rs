@@ -245,7 +245,10 @@ fn without_a_watchdog_pings_and_triggers_change_nothing_and_nothing_wakes_handof
             ..Message::default()
         },
     );
-    assert!(spawned(&a).is_empty(), "no watchdog: WATCHDOG=trigger means nothing");
+    assert!(
+        spawned(&a).is_empty(),
+        "no watchdog: WATCHDOG=trigger means nothing"
+    );
     let a = h.after(Duration::from_secs(3600));
     assert!(spawned(&a).is_empty());
 }
