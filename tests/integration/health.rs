@@ -241,3 +241,67 @@ fn max_age_replaces_workers_one_at_a_time_and_never_leaves_a_slot_short() {
     assert!(h.log().contains("older than max_age"), "{}", h.log());
     assert!(h.stop().success());
 }
+
+#[test]
+fn the_example_workers_ping_their_watchdog_and_are_kept() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut workers = vec![
+        ("rust", example_worker()),
+        (
+            "python",
+            vec![
+                python(),
+                root.join("examples/python-worker/server.py")
+                    .display()
+                    .to_string(),
+            ],
+        ),
+    ];
+    if std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        workers.push((
+            "node",
+            vec![
+                "node".into(),
+                root.join("examples/node-worker/server.js")
+                    .display()
+                    .to_string(),
+            ],
+        ));
+    } else {
+        eprintln!("SKIP node: not installed");
+    }
+    for (name, worker) in workers {
+        let mut h = Handoff::start(
+            &format!("hl-ping-{name}"),
+            Opts {
+                args: s(&[
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--watchdog",
+                    "1s",
+                    "--ready-timeout",
+                    "20s",
+                ]),
+                worker,
+                env: vec![],
+                wait_ready: 1,
+            },
+        );
+        let before = serving(&h);
+        // Four intervals: a worker that did not ping would have been replaced.
+        thread::sleep(Duration::from_secs(4));
+        let st = h.status().unwrap();
+        assert_eq!(serving(&h), before, "{name}: replaced\n{}", h.log());
+        let w = st.workers.iter().find(|w| w.pid == before[0]).unwrap();
+        assert!(
+            w.watchdog_ago_ms.is_some_and(|ms| ms < 1000),
+            "{name} pings: {w:?}"
+        );
+        assert!(!h.log().contains("no WATCHDOG=1"), "{name}: {}", h.log());
+        assert!(h.stop().success());
+    }
+}
