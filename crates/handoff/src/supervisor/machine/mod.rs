@@ -120,6 +120,9 @@ struct Worker {
     last_ping: Option<Instant>,
     /// Its process tree's RSS at the last sample (with `max_memory`).
     rss: Option<u64>,
+    /// Drained because a replacement took its slot (watchdog, limits, restart-worker), not
+    /// by a rollover: a kill at the drain timeout is not the last rollover's.
+    replaced: bool,
 }
 
 impl Worker {
@@ -134,6 +137,7 @@ impl Worker {
             errno: None,
             last_ping: None,
             rss: None,
+            replaced: false,
         }
     }
 }
@@ -1453,10 +1457,13 @@ impl Machine {
             return;
         };
         w.phase = Phase::Killed;
-        let (generation, slot) = (w.generation, w.slot);
+        let (generation, slot, replaced) = (w.generation, w.slot, w.replaced);
         // Requests it still held are cut: count it where status and the next reload answer
-        // show it (not during shutdown, which nobody waits on as a rollover).
-        if !self.shutting_down() {
+        // show it (not during shutdown, which nobody waits on as a rollover). A replaced
+        // worker (often a hung one) counts since start only: no rollover drained it.
+        if replaced {
+            self.forced_kills += 1;
+        } else if !self.shutting_down() {
             self.forced_kills += 1;
             if let Some(last) = &mut self.last {
                 last.forced_kills += 1;
@@ -1815,6 +1822,9 @@ impl Machine {
         s.retry_at = None;
         s.last_replacement = Some((now, message.clone()));
         if old == Occupant::Worker(inc.old) {
+            if let Some(w) = self.workers.get_mut(&inc.old) {
+                w.replaced = true;
+            }
             self.drain(now, inc.old, &format!("replaced: {why}"));
         }
         self.log_worker(Level::Info, inc.worker, message.clone());

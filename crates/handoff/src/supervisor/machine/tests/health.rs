@@ -205,7 +205,18 @@ fn a_worker_silent_past_its_watchdog_is_replaced_and_drained_once_the_new_one_is
             signal: Signal::SIGKILL
         }
     )));
-    // Slot 1 stays: it pinged 1 s ago at most... it must keep pinging.
+    // Counted since start, but not as the last rollover's: no rollover drained it.
+    let st = h.m.status(h.now);
+    assert_eq!(st.forced_kills, 1);
+    assert_eq!(st.last_rollover.map(|l| l.forced_kills), Some(0));
+    assert!(
+        !h.m.status_line().contains("FORCE-KILLED"),
+        "{}",
+        h.m.status_line()
+    );
+    // Nobody pinged for 10 s: slot 1 and slot 0's new worker are replaced in turn, and each
+    // serves meanwhile.
+    assert_eq!(spawned(&a), [0, 1]);
     assert_eq!(h.serving_pid(1), 101, "{:?}", h.m.status(h.now));
 }
 
