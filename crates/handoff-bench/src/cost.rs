@@ -25,6 +25,8 @@ pub struct CostResult {
     pub threads: u64,
     pub idle_seconds: f64,
     pub idle_context_switches: u64,
+    /// handoff's CPU time over the idle time, ms per second (sampling for limits, pings).
+    pub idle_cpu_ms_per_s: f64,
     pub rollovers: usize,
     /// From /proc/PID/stat utime+stime (clock ticks).
     pub cpu_ms_per_rollover: f64,
@@ -97,9 +99,11 @@ pub fn cost(
         std::thread::sleep(Duration::from_millis(500));
         let rss_kib_started = procfs::rss_kib(pid)?;
         let cs0 = procfs::context_switches(pid)?;
+        let idle_cpu0 = procfs::cpu_seconds_precise(pid)?;
         let t = Instant::now();
         std::thread::sleep(idle);
         let cs1 = procfs::context_switches(pid)?;
+        let idle_cpu1 = procfs::cpu_seconds_precise(pid)?;
         let idle_seconds = t.elapsed().as_secs_f64();
         let threads = procfs::thread_count(pid)?;
         let (c0, p0) = (procfs::cpu_seconds(pid)?, procfs::cpu_seconds_precise(pid)?);
@@ -125,6 +129,7 @@ pub fn cost(
             threads,
             idle_seconds,
             idle_context_switches: cs1 - cs0,
+            idle_cpu_ms_per_s: (idle_cpu1 - idle_cpu0) * 1000.0 / idle_seconds,
             rollovers,
             cpu_ms_per_rollover: (c1 - c0) * 1000.0 / rollovers as f64,
             cpu_ms_per_rollover_precise: (p1 - p0) * 1000.0 / rollovers as f64,
@@ -145,11 +150,11 @@ pub fn cost(
 
 pub fn cost_table(rows: &[CostResult]) -> String {
     let mut s = String::from(
-        "| workers | worker health options | RSS after start (MiB) | RSS after the rollovers (MiB) | of which anonymous / file-backed (MiB) | threads | idle wakeups / s (context switches over the idle time) | CPU per rollover, /proc/PID/stat (ms) | CPU per rollover, schedstat (ms) |\n|--:|:--|--:|--:|--:|--:|--:|--:|--:|\n",
+        "| workers | worker health options | RSS after start (MiB) | RSS after the rollovers (MiB) | of which anonymous / file-backed (MiB) | threads | idle wakeups / s (context switches over the idle time) | CPU while idle (ms/s) | CPU per rollover, /proc/PID/stat (ms) | CPU per rollover, schedstat (ms) |\n|--:|:--|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for r in rows {
         s.push_str(&format!(
-            "| {} | {} | {:.2} | {:.2} | {:.2} / {:.2} | {} | {:.2} ({} in {:.1} s) | {:.2} | {:.3} |\n",
+            "| {} | {} | {:.2} | {:.2} | {:.2} / {:.2} | {} | {:.2} ({} in {:.1} s) | {:.3} | {:.2} | {:.3} |\n",
             r.workers,
             if r.health.is_empty() {
                 "none".to_string()
@@ -164,6 +169,7 @@ pub fn cost_table(rows: &[CostResult]) -> String {
             r.idle_context_switches as f64 / r.idle_seconds,
             r.idle_context_switches,
             r.idle_seconds,
+            r.idle_cpu_ms_per_s,
             r.cpu_ms_per_rollover,
             r.cpu_ms_per_rollover_precise
         ));
