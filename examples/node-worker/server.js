@@ -58,6 +58,12 @@ function notifyReady() {
   execFile('systemd-notify', ['--ready', `--status=serving: ${identity}`], (err) => {
     if (err) console.error(`node-worker: systemd-notify failed: ${err.message}`);
   });
+  // handoff's `watchdog`: WATCHDOG=1 every half interval, from a timer on the event loop, so a
+  // blocked loop stops the pings and handoff replaces this worker.
+  const usec = Number(process.env.WATCHDOG_USEC || 0);
+  if (usec > 0 && (process.env.WATCHDOG_PID || String(process.pid)) === String(process.pid)) {
+    setInterval(() => execFile('systemd-notify', ['WATCHDOG=1'], () => {}), usec / 2000).unref();
+  }
 }
 
 process.on('SIGTERM', () => {

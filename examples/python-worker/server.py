@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import threading
+import time
 
 
 def notify(message: str) -> None:
@@ -44,5 +45,18 @@ server.socket = socket.socket(fileno=3)  # the listening socket handoff passed
 server.daemon_threads = False  # server_close() waits for in-flight requests
 signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
 notify("READY=1\nSTATUS=serving " + identity)
+
+
+def watchdog_pings() -> None:
+    """WATCHDOG=1 every half interval when handoff asks for it (watchdog = "10s")."""
+    usec = int(os.environ.get("WATCHDOG_USEC") or 0)
+    if usec <= 0 or os.environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
+        return
+    while True:
+        time.sleep(usec / 2e6)
+        notify("WATCHDOG=1")
+
+
+threading.Thread(target=watchdog_pings, daemon=True).start()
 server.serve_forever()  # returns once shutdown() stops the accept loop
 server.server_close()  # closes our copy of the listener, joins request threads

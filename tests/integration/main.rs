@@ -5,6 +5,7 @@ mod attack_combo;
 mod config_reload;
 mod faults;
 mod harness;
+mod health;
 mod hostile;
 mod operator;
 mod pinned;

@@ -80,6 +80,7 @@ pub fn capacity(bp: &BusyPlan, paths: &Paths) -> Result<Capacity> {
             command: paths.worker_command(bp.worker)?,
             dir: paths.scratch("capacity")?,
             env: Vec::new(),
+            args: Vec::new(),
         },
     );
     h.start()?;

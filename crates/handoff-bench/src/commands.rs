@@ -478,7 +478,12 @@ fn run_cost(ctx: &Ctx, o: &CostOpts) -> Result<Vec<cost::CostResult>> {
     let port = free_ports(1)?[0];
     cost::cost(
         &ctx.paths,
-        &[1, 64],
+        &[
+            (1, cost::Health::None),
+            (64, cost::Health::None),
+            (64, cost::Health::Limits),
+            (64, cost::Health::Watchdog),
+        ],
         Duration::from_secs(o.idle_secs),
         o.cost_rollovers,
         port,

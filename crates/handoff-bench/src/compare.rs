@@ -334,6 +334,7 @@ fn make(
                 command,
                 dir,
                 env: plan.handoff_env.clone(),
+                args: Vec::new(),
             },
         )),
         Kind::PlainRestart | Kind::PlainRestartNode | Kind::PlainRestartEgg => {

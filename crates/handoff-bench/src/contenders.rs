@@ -257,6 +257,8 @@ pub struct HandoffConfig {
     pub dir: PathBuf,
     /// Extra environment for handoff (and so its workers).
     pub env: Vec<(String, String)>,
+    /// Extra `handoff run` options (worker health limits, say).
+    pub args: Vec<String>,
 }
 
 pub struct Handoff {
@@ -354,6 +356,7 @@ impl Contender for Handoff {
         if self.cfg.rolling {
             cmd.arg("--rolling");
         }
+        cmd.args(&self.cfg.args);
         cmd.arg("--")
             .args(&self.cfg.command)
             .env_remove("NOTIFY_SOCKET")

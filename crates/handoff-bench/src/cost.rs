@@ -15,6 +15,8 @@ use crate::stats::{median_f64, quantile};
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CostResult {
     pub workers: usize,
+    /// The worker health options this row ran with (empty: none).
+    pub health: String,
     pub rss_kib_started: u64,
     pub rss_kib_after_rollovers: u64,
     /// After the rollovers: anonymous (private) and file-backed parts of the RSS.
@@ -23,6 +25,8 @@ pub struct CostResult {
     pub threads: u64,
     pub idle_seconds: f64,
     pub idle_context_switches: u64,
+    /// handoff's CPU time over the idle time, ms per second (sampling for limits, pings).
+    pub idle_cpu_ms_per_s: f64,
     pub rollovers: usize,
     /// From /proc/PID/stat utime+stime (clock ticks).
     pub cpu_ms_per_rollover: f64,
@@ -30,24 +34,52 @@ pub struct CostResult {
     pub cpu_ms_per_rollover_precise: f64,
 }
 
+/// Worker health options a cost row runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    None,
+    /// `max_memory` and `max_age`: one memory sample a second, nothing else.
+    Limits,
+    /// A per-worker watchdog: every worker pings twice per interval.
+    Watchdog,
+}
+
+impl Health {
+    pub fn args(self) -> Vec<String> {
+        let a: &[&str] = match self {
+            Health::None => &[],
+            Health::Limits => &["--max-memory", "512M", "--max-age", "24h"],
+            Health::Watchdog => &["--watchdog", "10s"],
+        };
+        a.iter().map(|s| s.to_string()).collect()
+    }
+}
+
 /// For each worker count: RSS after start, idle wakeups over `idle`, CPU per rollover over
 /// `rollovers` rollovers (a tenth of them past 8 workers, each of which starts that many
 /// processes), RSS after them.
 pub fn cost(
     paths: &Paths,
-    worker_counts: &[usize],
+    worker_counts: &[(usize, Health)],
     idle: Duration,
     rollovers: usize,
     port: u16,
 ) -> Result<Vec<CostResult>> {
     let mut out = Vec::new();
-    for &workers in worker_counts {
+    for &(workers, health) in worker_counts {
         let rollovers = if workers > 8 {
             (rollovers / 10).max(1)
         } else {
             rollovers
         };
-        eprintln!("== cost: handoff with {workers} worker(s)");
+        eprintln!(
+            "== cost: handoff with {workers} worker(s){}",
+            if health.args().is_empty() {
+                String::new()
+            } else {
+                format!(", {}", health.args().join(" "))
+            }
+        );
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let mut h = Handoff::new(
             paths,
@@ -58,6 +90,7 @@ pub fn cost(
                 command: paths.worker_command(WorkerKind::Rust)?,
                 env: Vec::new(),
                 dir: paths.scratch(&format!("cost-{workers}"))?,
+                args: health.args(),
             },
         );
         h.start()?;
@@ -66,9 +99,11 @@ pub fn cost(
         std::thread::sleep(Duration::from_millis(500));
         let rss_kib_started = procfs::rss_kib(pid)?;
         let cs0 = procfs::context_switches(pid)?;
+        let idle_cpu0 = procfs::cpu_seconds_precise(pid)?;
         let t = Instant::now();
         std::thread::sleep(idle);
         let cs1 = procfs::context_switches(pid)?;
+        let idle_cpu1 = procfs::cpu_seconds_precise(pid)?;
         let idle_seconds = t.elapsed().as_secs_f64();
         let threads = procfs::thread_count(pid)?;
         let (c0, p0) = (procfs::cpu_seconds(pid)?, procfs::cpu_seconds_precise(pid)?);
@@ -86,6 +121,7 @@ pub fn cost(
         h.stop()?;
         let r = CostResult {
             workers,
+            health: health.args().join(" "),
             rss_kib_started,
             rss_kib_after_rollovers,
             rss_anon_kib,
@@ -93,6 +129,7 @@ pub fn cost(
             threads,
             idle_seconds,
             idle_context_switches: cs1 - cs0,
+            idle_cpu_ms_per_s: (idle_cpu1 - idle_cpu0) * 1000.0 / idle_seconds,
             rollovers,
             cpu_ms_per_rollover: (c1 - c0) * 1000.0 / rollovers as f64,
             cpu_ms_per_rollover_precise: (p1 - p0) * 1000.0 / rollovers as f64,
@@ -113,12 +150,17 @@ pub fn cost(
 
 pub fn cost_table(rows: &[CostResult]) -> String {
     let mut s = String::from(
-        "| workers | RSS after start (MiB) | RSS after the rollovers (MiB) | of which anonymous / file-backed (MiB) | threads | idle wakeups / s (context switches over the idle time) | CPU per rollover, /proc/PID/stat (ms) | CPU per rollover, schedstat (ms) |\n|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+        "| workers | worker health options | RSS after start (MiB) | RSS after the rollovers (MiB) | of which anonymous / file-backed (MiB) | threads | idle wakeups / s (context switches over the idle time) | CPU while idle (ms/s) | CPU per rollover, /proc/PID/stat (ms) | CPU per rollover, schedstat (ms) |\n|--:|:--|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for r in rows {
         s.push_str(&format!(
-            "| {} | {:.2} | {:.2} | {:.2} / {:.2} | {} | {:.2} ({} in {:.1} s) | {:.2} | {:.3} |\n",
+            "| {} | {} | {:.2} | {:.2} | {:.2} / {:.2} | {} | {:.2} ({} in {:.1} s) | {:.3} | {:.2} | {:.3} |\n",
             r.workers,
+            if r.health.is_empty() {
+                "none".to_string()
+            } else {
+                format!("`{}`", r.health)
+            },
             r.rss_kib_started as f64 / 1024.0,
             r.rss_kib_after_rollovers as f64 / 1024.0,
             r.rss_anon_kib as f64 / 1024.0,
@@ -127,6 +169,7 @@ pub fn cost_table(rows: &[CostResult]) -> String {
             r.idle_context_switches as f64 / r.idle_seconds,
             r.idle_context_switches,
             r.idle_seconds,
+            r.idle_cpu_ms_per_s,
             r.cpu_ms_per_rollover,
             r.cpu_ms_per_rollover_precise
         ));
@@ -171,6 +214,7 @@ pub fn scale(
                 command: paths.worker_command(WorkerKind::Rust)?,
                 env: Vec::new(),
                 dir: paths.scratch(&format!("scale-{workers}x{sockets}"))?,
+                args: Vec::new(),
             },
         );
         h.start()?;

@@ -44,6 +44,11 @@ pub enum Request {
     Scale {
         workers: usize,
     },
+    /// Replace the worker of one slot gracefully: a new one starts beside it, and once it is
+    /// ready the old one is drained. Progress lines as `reload-keepalive`.
+    RestartWorker {
+        slot: usize,
+    },
 }
 
 /// How often a `reload-keepalive` connection hears from handoff while the rollover runs.
@@ -125,6 +130,12 @@ pub struct WorkerStatus {
     /// release. Says which version those are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runs_on_disk: Option<String>,
+    /// With a watchdog: milliseconds since its last `WATCHDOG=1` (since `READY=1` if none).
+    #[serde(default)]
+    pub watchdog_ago_ms: Option<u64>,
+    /// A replacement for another worker, not yet ready: why that one is replaced.
+    #[serde(default)]
+    pub replacing: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -158,6 +169,15 @@ pub struct SlotStatus {
     pub crashes: u32,
     /// Milliseconds until the next restart attempt, when one is pending.
     pub restart_in_ms: Option<u64>,
+    /// A replacement under way (restart-worker, watchdog, limits): why.
+    #[serde(default)]
+    pub replacing: Option<String>,
+    /// The last completed replacement ("worker 0 replaced: pid 1 → pid 2 (why)") and how long
+    /// ago.
+    #[serde(default)]
+    pub last_replacement: Option<String>,
+    #[serde(default)]
+    pub last_replacement_ago_ms: Option<u64>,
 }
 
 /// The settings in force: those the serving generation was started with. Durations as the
@@ -183,6 +203,14 @@ pub struct SettingsStatus {
     /// `working_directory` as configured (each generation pins its resolved target).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_directory: Option<PathBuf>,
+    /// Per-worker watchdog interval, when set.
+    #[serde(default)]
+    pub watchdog: Option<String>,
+    /// `max_memory` in bytes, when set.
+    #[serde(default)]
+    pub max_memory: Option<u64>,
+    #[serde(default)]
+    pub max_age: Option<String>,
 }
 
 /// New workers all ready, in their stability window (`min_uptime`): the old generation still
@@ -326,6 +354,17 @@ pub fn scale(
 ) -> Result<Response, ClientError> {
     let idle = idle.map(|d| d.max(2 * PROGRESS_EVERY));
     request_with_progress(path, &Request::Scale { workers }, idle, progress)
+}
+
+/// `handoff restart-worker N`: like [`reload`] (timing out on silence only).
+pub fn restart_worker(
+    path: &Path,
+    slot: usize,
+    idle: Option<Duration>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Response, ClientError> {
+    let idle = idle.map(|d| d.max(2 * PROGRESS_EVERY));
+    request_with_progress(path, &Request::RestartWorker { slot }, idle, progress)
 }
 
 /// [`request`], with each progress line passed to `progress`.

@@ -15,6 +15,11 @@
 //! `EXAMPLE_CRASH_AFTER_READY_MS=N`, or `"crash_after_ready_ms": N` in the version file, makes
 //! it exit 1 N ms after `READY=1` (a release that crashes right after start; it stops accepting
 //! and finishes its requests first, so a test sees handoff's doing, not the requests it cut).
+//!
+//! Watchdog: with `WATCHDOG_USEC` (and `WATCHDOG_PID` ours, when set), it pings `WATCHDOG=1`
+//! every half interval, as `sd_watchdog_enabled(3)` says. `GET /hang` makes it hang after
+//! answering (no more accepts, pings or drain: a blocked event loop); `GET /grow?mb=N` makes
+//! it keep N more MiB (a leak).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -52,6 +57,10 @@ impl Conn for std::os::unix::net::UnixStream {
 
 struct Shared {
     draining: AtomicBool,
+    /// `GET /hang` was asked: stop accepting and pinging, never drain.
+    hung: AtomicBool,
+    /// What `GET /grow` leaked.
+    leaked: Mutex<Vec<Vec<u8>>>,
     /// Open connections; the drain waits on the condvar until it reaches 0.
     open_conns: Mutex<usize>,
     all_closed: Condvar,
@@ -141,6 +150,8 @@ fn main() {
     let worker = std::env::var("HANDOFF_WORKER").unwrap_or_else(|_| "-".into());
     let shared = Arc::new(Shared {
         draining: AtomicBool::new(false),
+        hung: AtomicBool::new(false),
+        leaked: Mutex::new(Vec::new()),
         open_conns: Mutex::new(0),
         all_closed: Condvar::new(),
         identity: format!(
@@ -178,6 +189,18 @@ fn main() {
             eprintln!("example-worker: cannot notify readiness: {e}");
         }
     }
+    if let Some(interval) = watchdog_interval() {
+        let shared = shared.clone();
+        thread::spawn(move || {
+            loop {
+                thread::sleep(interval / 2);
+                if shared.hung.load(Ordering::SeqCst) {
+                    return;
+                }
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            }
+        });
+    }
     let crashing = Arc::new(AtomicBool::new(false));
     if let Some(ms) = crash_after_ready {
         let crashing = crashing.clone();
@@ -196,6 +219,12 @@ fn main() {
         }
     }
     let sig = stop.wait().expect("sigwait");
+    if shared.hung.load(Ordering::SeqCst) {
+        // A hung worker does not drain: only SIGKILL ends it.
+        loop {
+            let _ = stop.wait();
+        }
+    }
     log(&format!("{sig}: draining"), &shared.identity);
     shared.draining.store(true, Ordering::SeqCst);
     drop(wake_w);
@@ -213,6 +242,17 @@ fn main() {
         std::process::exit(1);
     }
     log("drained, exiting", &shared.identity);
+}
+
+/// The watchdog interval the supervisor asks for, as `sd_watchdog_enabled(3)` reads it.
+fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid != std::process::id().to_string()
+    {
+        return None;
+    }
+    (usec > 0).then(|| Duration::from_micros(usec))
 }
 
 /// One write per line, so lines from several workers sharing stderr do not interleave.
@@ -237,6 +277,12 @@ fn accept_loop(l: Listener, shared: &Arc<Shared>, wake: &OwnedFd) {
                 return;
             }
             Ok(_) => {}
+        }
+        if shared.hung.load(Ordering::SeqCst) {
+            // Hung: keep the socket, accept nothing (the others take the connections).
+            loop {
+                thread::sleep(Duration::from_secs(3600));
+            }
         }
         if shared.draining.load(Ordering::SeqCst) {
             return; // dropping `l` closes only our copy of the listening socket
@@ -287,7 +333,16 @@ fn accept_loop(l: Listener, shared: &Arc<Shared>, wake: &OwnedFd) {
 
 fn serve(conn: Box<dyn Conn>, shared: &Shared) -> io::Result<()> {
     let mut reader = BufReader::new(conn);
+    let mut first = true;
     loop {
+        // Hung: a keep-alive connection it holds gets no further answer. (A connection it
+        // had just accepted still gets its first one: a test then sees what handoff does,
+        // not the requests a hang cuts.)
+        if !std::mem::take(&mut first) && shared.hung.load(Ordering::SeqCst) {
+            loop {
+                thread::sleep(Duration::from_secs(3600));
+            }
+        }
         // While draining, an idle keep-alive connection is closed after a grace period; a
         // request that does arrive is answered (with Connection: close).
         let idle_limit = if shared.draining.load(Ordering::SeqCst) {
@@ -348,6 +403,15 @@ fn answer(
         let ms: u64 = q.trim_start_matches("?ms=").parse().unwrap_or(2000);
         thread::sleep(Duration::from_millis(ms));
         ("200 OK", format!("{} slow={ms}ms\n", shared.identity))
+    } else if path == "/hang" {
+        shared.hung.store(true, Ordering::SeqCst);
+        log("hanging, as asked", &shared.identity);
+        ("200 OK", format!("{} hanging\n", shared.identity))
+    } else if let Some(q) = path.strip_prefix("/grow?mb=") {
+        let mb: usize = q.parse().unwrap_or(0).min(4096);
+        // Touched, so it is resident.
+        shared.leaked.lock().unwrap().push(vec![1u8; mb << 20]);
+        ("200 OK", format!("{} grew {mb} MiB\n", shared.identity))
     } else if path == "/" || path.starts_with("/?") {
         ("200 OK", format!("{}\n", shared.identity))
     } else {

@@ -38,6 +38,10 @@ pub enum Sub {
     /// file again (exit codes as reload).
     #[command(after_help = exit_help())]
     Scale(ScaleArgs),
+    /// Replace worker N gracefully: a new one starts beside it, and once it is ready the old
+    /// one is drained (not counted as a crash; exit codes as reload).
+    #[command(after_help = exit_help())]
+    RestartWorker(RestartWorkerArgs),
     /// Show generations, workers and the last rollover.
     #[command(after_help = exit_help())]
     Status(StatusArgs),
@@ -153,6 +157,7 @@ pub fn man_sections(page: &str) -> String {
         "handoff-run",
         "handoff-reload",
         "handoff-scale",
+        "handoff-restart-worker",
         "handoff-status",
     ]
     .iter()
@@ -228,6 +233,17 @@ pub struct RunArgs {
     /// Signal that asks a worker to stop accepting and finish [default: SIGTERM].
     #[arg(long, value_name = "SIG", value_parser = config::parse_signal)]
     pub drain_signal: Option<Signal>,
+    /// Per-worker watchdog: each worker gets WATCHDOG_USEC and must send WATCHDOG=1 this often
+    /// once ready; a silent one is replaced (a new one starts, then it is drained). 0s: off
+    /// [default: off].
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_watchdog)]
+    pub watchdog: Option<Duration>,
+    /// Replace a worker (gracefully) whose process tree's RSS passes SIZE (e.g. 512M). 0: off.
+    #[arg(long, value_name = "SIZE", value_parser = config::parse_memory)]
+    pub max_memory: Option<u64>,
+    /// Replace a worker (gracefully) this long after its start (e.g. 24h). 0s: off.
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_max_age)]
+    pub max_age: Option<Duration>,
     /// Replace workers one at a time instead of a whole generation at once.
     #[arg(long)]
     pub rolling: bool,
@@ -274,6 +290,9 @@ impl RunArgs {
             drain_timeout: self.drain_timeout,
             min_uptime: self.min_uptime,
             drain_signal: self.drain_signal,
+            watchdog: self.watchdog,
+            max_memory: self.max_memory,
+            max_age: self.max_age,
             rolling: self.rolling.then_some(true),
             control: self.control.clone(),
             runtime_dir: self.runtime_dir.clone(),
@@ -350,6 +369,15 @@ pub struct ReloadArgs {
     /// Only roll over if the version file changed since the running generation started.
     #[arg(long)]
     pub if_changed: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestartWorkerArgs {
+    /// The worker's slot (0, 1, ...: `handoff status` shows them).
+    #[arg(value_name = "N")]
+    pub slot: usize,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]

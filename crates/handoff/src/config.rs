@@ -55,6 +55,12 @@ pub struct Settings {
     /// New workers must stay up this long past `READY=1` before the rollover counts.
     pub min_uptime: Duration,
     pub drain_signal: Signal,
+    /// Per-worker watchdog: a ready worker must send `WATCHDOG=1` this often.
+    pub watchdog: Option<Duration>,
+    /// Replace a worker whose process tree's RSS passes this many bytes.
+    pub max_memory: Option<u64>,
+    /// Replace a worker this long after its start.
+    pub max_age: Option<Duration>,
     pub rolling: bool,
     pub control: Option<PathBuf>,
     pub runtime_dir: Option<PathBuf>,
@@ -84,6 +90,12 @@ pub struct Options {
     pub drain_timeout: Option<Duration>,
     pub min_uptime: Option<Duration>,
     pub drain_signal: Option<Signal>,
+    /// Zero: off (as `WatchdogSec=0`), so the command line can turn off the file's.
+    pub watchdog: Option<Duration>,
+    /// Zero: off.
+    pub max_memory: Option<u64>,
+    /// Zero: off.
+    pub max_age: Option<Duration>,
     pub rolling: Option<bool>,
     pub control: Option<PathBuf>,
     pub runtime_dir: Option<PathBuf>,
@@ -134,6 +146,9 @@ impl Options {
             drain_timeout: over.drain_timeout.or(self.drain_timeout),
             min_uptime: over.min_uptime.or(self.min_uptime),
             drain_signal: over.drain_signal.or(self.drain_signal),
+            watchdog: over.watchdog.or(self.watchdog),
+            max_memory: over.max_memory.or(self.max_memory),
+            max_age: over.max_age.or(self.max_age),
             rolling: over.rolling.or(self.rolling),
             control: over.control.or(self.control),
             runtime_dir: over.runtime_dir.or(self.runtime_dir),
@@ -166,6 +181,9 @@ impl Options {
             drain_timeout: self.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
             min_uptime: self.min_uptime.unwrap_or(DEFAULT_MIN_UPTIME),
             drain_signal: self.drain_signal.unwrap_or(Signal::SIGTERM),
+            watchdog: self.watchdog.filter(|d| !d.is_zero()),
+            max_memory: self.max_memory.filter(|b| *b > 0),
+            max_age: self.max_age.filter(|d| !d.is_zero()),
             rolling: self.rolling.unwrap_or(false),
             control: self.control,
             runtime_dir: self.runtime_dir,
@@ -237,6 +255,65 @@ pub fn parse_working_directory(text: &str) -> Result<PathBuf, String> {
 }
 
 /// `SIGTERM`, `TERM`, `sigterm` or `15`.
+/// Shortest per-worker watchdog interval: a worker pings at half of it, and handoff's own
+/// loop must not be woken more often than a few times a second for it.
+pub const MIN_WATCHDOG: Duration = Duration::from_millis(200);
+
+/// `watchdog`: a duration of at least [`MIN_WATCHDOG`], or `0s` for none.
+pub fn parse_watchdog(text: &str) -> Result<Duration, String> {
+    let d = duration::parse(text)?;
+    if !d.is_zero() && d < MIN_WATCHDOG {
+        return Err(format!(
+            "watchdog {text:?} is shorter than {}ms: workers could not ping in time; use e.g. \
+             10s (or 0s for no watchdog)",
+            MIN_WATCHDOG.as_millis()
+        ));
+    }
+    Ok(d)
+}
+
+/// `max_age`: a duration of at least a second, or `0s` for none. (Workers are replaced one
+/// at a time, each only once its successor is ready, so even a short age never costs
+/// capacity; it costs boots.)
+pub fn parse_max_age(text: &str) -> Result<Duration, String> {
+    let d = duration::parse(text)?;
+    if !d.is_zero() && d < Duration::from_secs(1) {
+        return Err(format!(
+            "max_age {text:?} is under a second: use e.g. 24h (or 0s for no limit)"
+        ));
+    }
+    Ok(d)
+}
+
+/// `max_memory`: bytes with an optional binary unit (`512M`, `1.5G` is not taken: whole
+/// numbers only, as systemd's `MemoryMax=`), at least 1M; `0` for none.
+pub fn parse_memory(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let hint = "write e.g. 512M or 2G (K, M, G, T: powers of 1024), or 0 for no limit";
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid memory size {text:?}: {hint}"))?;
+    let shift = match unit.trim() {
+        "" => 0,
+        "K" | "k" | "KiB" => 10,
+        "M" | "m" | "MiB" => 20,
+        "G" | "g" | "GiB" => 30,
+        "T" | "t" | "TiB" => 40,
+        other => return Err(format!("invalid memory unit {other:?} in {text:?}: {hint}")),
+    };
+    let bytes = n
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("memory size {text:?} is too large"))?;
+    if bytes != 0 && bytes < 1 << 20 {
+        return Err(format!(
+            "max_memory {text:?} is under 1M: no worker would stay under it; {hint}"
+        ));
+    }
+    Ok(bytes)
+}
+
 pub fn parse_signal(text: &str) -> Result<Signal, String> {
     let t = text.trim();
     if let Ok(n) = t.parse::<i32>() {
@@ -338,6 +415,9 @@ struct RawFile {
     drain_timeout: Option<Spanned<String>>,
     min_uptime: Option<Spanned<String>>,
     drain_signal: Option<Spanned<String>>,
+    watchdog: Option<Spanned<String>>,
+    max_memory: Option<Spanned<String>>,
+    max_age: Option<Spanned<String>>,
     rolling: Option<bool>,
     control: Option<PathBuf>,
     runtime_dir: Option<PathBuf>,
@@ -537,6 +617,15 @@ pub fn parse_str(text: &str, file: &str) -> Result<Options, ConfigError> {
     }
     if let Some(v) = &raw.drain_signal {
         o.drain_signal = Some(check(&invalid, "drain_signal", v, parse_signal)?);
+    }
+    if let Some(v) = &raw.watchdog {
+        o.watchdog = Some(check(&invalid, "watchdog", v, parse_watchdog)?);
+    }
+    if let Some(v) = &raw.max_memory {
+        o.max_memory = Some(check(&invalid, "max_memory", v, parse_memory)?);
+    }
+    if let Some(v) = &raw.max_age {
+        o.max_age = Some(check(&invalid, "max_age", v, parse_max_age)?);
     }
     if let Some(c) = &raw.command {
         if c.get_ref().is_empty() || c.get_ref()[0].is_empty() {
@@ -810,6 +899,41 @@ group = "app"
 
     #[test]
     fn value_parsers() {
+        assert_eq!(parse_memory("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_memory("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_memory("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_memory("0").unwrap(), 0);
+        assert!(parse_memory("512").unwrap_err().contains("under 1M"));
+        assert!(parse_memory("1.5G").unwrap_err().contains("512M"));
+        assert!(parse_memory("5X").unwrap_err().contains("unit"));
+        assert!(
+            parse_memory("99999999999T")
+                .unwrap_err()
+                .contains("too large")
+        );
+        assert_eq!(parse_watchdog("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_watchdog("0s").unwrap(), Duration::ZERO);
+        assert!(
+            parse_watchdog("50ms")
+                .unwrap_err()
+                .contains("shorter than 200ms")
+        );
+        assert_eq!(parse_max_age("24h").unwrap(), Duration::from_secs(86400));
+        assert!(parse_max_age("500ms").is_err());
+        let f = parse_str(
+            "watchdog = \"10s\"\nmax_memory = \"512M\"\nmax_age = \"0s\"\ncommand = [\"x\"]\n",
+            "f",
+        )
+        .unwrap()
+        .settle()
+        .unwrap();
+        assert_eq!(f.watchdog, Some(Duration::from_secs(10)));
+        assert_eq!(f.max_memory, Some(512 << 20));
+        assert_eq!(f.max_age, None, "0s: no limit");
+        let e = parse_str("max_memory = \"lots\"\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("f:1: key `max_memory`"), "{e}");
         assert_eq!(parse_signal("term").unwrap(), Signal::SIGTERM);
         assert_eq!(parse_signal("15").unwrap(), Signal::SIGTERM);
         assert_eq!(parse_signal("SIGUSR2").unwrap(), Signal::SIGUSR2);
@@ -839,6 +963,9 @@ mod props {
         "drain_timeout",
         "min_uptime",
         "drain_signal",
+        "watchdog",
+        "max_memory",
+        "max_age",
         "rolling",
         "control",
         "runtime_dir",

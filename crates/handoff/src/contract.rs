@@ -5,6 +5,9 @@
 //! - `LISTEN_FDS`, `LISTEN_FDNAMES`, `LISTEN_PID` (its own pid, written by the child itself);
 //! - `NOTIFY_SOCKET`: its own notify socket;
 //! - `HANDOFF_GENERATION`, `HANDOFF_WORKER` (the slot);
+//! - with `watchdog =`: `WATCHDOG_USEC` (the interval) and `WATCHDOG_PID` (its own pid,
+//!   written by the child), as systemd gives a service: the worker pings `WATCHDOG=1` on its
+//!   `NOTIFY_SOCKET`. Never handoff's own values from systemd;
 //! - with `user =`: `USER`, `LOGNAME`, `HOME` of that user;
 //! - everything else of handoff's own environment, except what [`HANDOFF_ONLY`] and
 //!   [`MAIN_PROCESS_ONLY`] name.
@@ -52,6 +55,8 @@ const PER_WORKER: &[&str] = &[
     "NOTIFY_SOCKET",
     "HANDOFF_GENERATION",
     "HANDOFF_WORKER",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
 ];
 
 /// Names the worker contract owns (set per worker, or kept from workers): `[environment]` may
@@ -78,6 +83,8 @@ pub struct WorkerEnv<'a> {
     pub extra: &'a [(String, String)],
     /// The worker gets a journal stream of its own (the child sets `JOURNAL_STREAM`).
     pub journal: bool,
+    /// Its generation's `watchdog`: `WATCHDOG_USEC` (the child adds `WATCHDOG_PID`).
+    pub watchdog: Option<std::time::Duration>,
 }
 
 impl WorkerEnv<'_> {
@@ -105,6 +112,9 @@ impl WorkerEnv<'_> {
         set("NOTIFY_SOCKET", self.notify_socket.as_os_str().to_owned());
         set("HANDOFF_GENERATION", self.generation.to_string().into());
         set("HANDOFF_WORKER", self.slot.to_string().into());
+        if let Some(d) = self.watchdog {
+            set("WATCHDOG_USEC", d.as_micros().to_string().into());
+        }
         if let Some(c) = self.credentials {
             // What a login (or systemd's User=) would set, unless `[environment]` says
             // otherwise: the operator's explicit value wins, and a name appears once.
@@ -163,6 +173,7 @@ mod tests {
             credentials: Some(&creds),
             extra: &[],
             journal: true,
+            watchdog: None,
         }
         .build();
         assert_eq!(get(&env, "PATH"), ["/usr/bin"]);
@@ -209,11 +220,46 @@ mod tests {
             credentials: Some(&creds),
             extra: &extra,
             journal: false,
+            watchdog: None,
         }
         .build();
         assert_eq!(get(&env, "NODE_ENV"), ["production"]);
         assert_eq!(get(&env, "HOME"), ["/srv/app"]);
         assert_eq!(get(&env, "USER"), ["nobody"]);
         assert_eq!(get(&env, "PATH"), ["/usr/bin"]);
+    }
+
+    #[test]
+    fn a_worker_watchdog_is_its_own_never_handoffs() {
+        // handoff's own WATCHDOG_USEC from systemd (30 s) must not reach the worker; the
+        // generation's watchdog (2 s) does, once.
+        let base: Vec<(OsString, OsString)> = vec![
+            ("WATCHDOG_USEC".into(), "30000000".into()),
+            ("WATCHDOG_PID".into(), "1".into()),
+        ];
+        let env = |watchdog| {
+            WorkerEnv {
+                base: &base,
+                listeners: 1,
+                fd_names: "http",
+                notify_socket: Path::new("/run/x/notify/n"),
+                generation: 1,
+                slot: 0,
+                credentials: None,
+                extra: &[],
+                journal: false,
+                watchdog,
+            }
+            .build()
+        };
+        let on = env(Some(std::time::Duration::from_secs(2)));
+        assert_eq!(get(&on, "WATCHDOG_USEC"), ["2000000"]);
+        assert!(
+            get(&on, "WATCHDOG_PID").is_empty(),
+            "the child sets its own"
+        );
+        let off = env(None);
+        assert!(get(&off, "WATCHDOG_USEC").is_empty());
+        assert!(get(&off, "WATCHDOG_PID").is_empty());
     }
 }

@@ -28,6 +28,10 @@ pub enum Command {
         workers: usize,
         reply: oneshot::Sender<ReloadReply>,
     },
+    RestartWorker {
+        slot: usize,
+        reply: oneshot::Sender<ReloadReply>,
+    },
     Status {
         reply: oneshot::Sender<StatusReport>,
     },
@@ -156,10 +160,13 @@ async fn handle(
                 "bad request ({e}); expected {{\"cmd\":\"reload\"}} or {{\"cmd\":\"status\"}}"
             )),
             Ok(
-                Request::Reload { .. } | Request::ReloadKeepalive { .. } | Request::Scale { .. },
+                Request::Reload { .. }
+                | Request::ReloadKeepalive { .. }
+                | Request::Scale { .. }
+                | Request::RestartWorker { .. },
             ) if access == Access::StatusOnly => Response::Error(
-                "this is the read-only status socket: reload and scale need the control \
-                 socket (run `handoff reload` as root)"
+                "this is the read-only status socket: reload, scale and restart-worker need \
+                 the control socket (run `handoff reload` as root)"
                     .into(),
             ),
             Ok(Request::Reload { if_changed }) => {
@@ -181,6 +188,14 @@ async fn handle(
             Ok(Request::Scale { workers }) => {
                 let (reply, rx) = oneshot::channel();
                 let _ = tx.send(Command::Scale { workers, reply }).await;
+                match with_progress(rx, &tx, &mut write).await {
+                    Some(r) => r,
+                    None => return Ok(()),
+                }
+            }
+            Ok(Request::RestartWorker { slot }) => {
+                let (reply, rx) = oneshot::channel();
+                let _ = tx.send(Command::RestartWorker { slot, reply }).await;
                 match with_progress(rx, &tx, &mut write).await {
                     Some(r) => r,
                     None => return Ok(()),

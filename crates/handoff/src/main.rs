@@ -104,6 +104,11 @@ fn main() -> ExitCode {
         Sub::Scale(args) => rollover(&args.client, "scale", &mut |path, idle, progress| {
             protocol::scale(path, args.workers, idle, progress)
         }),
+        Sub::RestartWorker(args) => rollover(
+            &args.client,
+            "restart-worker",
+            &mut |path, idle, progress| protocol::restart_worker(path, args.slot, idle, progress),
+        ),
         Sub::Status(args) => status(&args.client, args.json),
         Sub::Man { dir } => match handoff::cli::write_man_pages(&dir) {
             Ok(pages) => {

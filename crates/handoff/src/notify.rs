@@ -37,6 +37,8 @@ pub struct Message {
     pub reloading: bool,
     pub stopping: bool,
     pub watchdog: bool,
+    /// `WATCHDOG=trigger`: the sender asks to be treated as hung (systemd's meaning).
+    pub watchdog_trigger: bool,
     pub status: Option<String>,
     pub errno: Option<i32>,
     pub extend_timeout: Option<Duration>,
@@ -81,7 +83,11 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
             "READY" => msg.ready |= value == "1",
             "RELOADING" => msg.reloading |= value == "1",
             "STOPPING" => msg.stopping |= value == "1",
-            "WATCHDOG" => msg.watchdog |= value == "1",
+            "WATCHDOG" => match value {
+                "1" => msg.watchdog = true,
+                "trigger" => msg.watchdog_trigger = true,
+                _ => {}
+            },
             "STATUS" => msg.status = Some(value.to_string()),
             "ERRNO" => msg.errno = value.parse().ok().filter(|&e: &i32| e >= 0).or(msg.errno),
             "EXTEND_TIMEOUT_USEC" => {
@@ -405,7 +411,10 @@ mod tests {
         assert_eq!(m.extend_timeout, Some(Duration::from_secs(5)));
         assert_eq!(m.main_pid, Some(42));
         let m = parse(b"STOPPING=1\nWATCHDOG=1").unwrap();
-        assert!(m.stopping && m.watchdog && !m.ready);
+        assert!(m.stopping && m.watchdog && !m.ready && !m.watchdog_trigger);
+        let t = parse(b"WATCHDOG=trigger").unwrap();
+        assert!(t.watchdog_trigger && !t.watchdog);
+        assert!(!parse(b"WATCHDOG=2").unwrap().watchdog);
         assert_eq!(parse(b"STATUS=a=b").unwrap().status.as_deref(), Some("a=b"));
     }
 

@@ -60,6 +60,19 @@ pub fn status(r: &StatusReport) -> String {
                 .map(|d| format!(" in {}", printable(&d.display().to_string())))
                 .unwrap_or_default(),
         );
+        let mut health = Vec::new();
+        if let Some(w) = &st.watchdog {
+            health.push(format!("watchdog {}", printable(w)));
+        }
+        if let Some(m) = st.max_memory {
+            health.push(format!("max_memory {:.1} MiB", m as f64 / 1048576.0));
+        }
+        if let Some(a) = &st.max_age {
+            health.push(format!("max_age {}", printable(a)));
+        }
+        if !health.is_empty() {
+            let _ = writeln!(o, "worker health: {}", health.join(", "));
+        }
     }
     if let (Some(f), Some(d)) = (&r.config_file, &r.config_differs) {
         let _ = writeln!(
@@ -107,11 +120,21 @@ pub fn status(r: &StatusReport) -> String {
         for w in r.workers.iter().filter(|w| w.generation == g.number) {
             let _ = writeln!(
                 o,
-                "  worker {:<3} pid {:<8} {:<9} age {}{}",
+                "  worker {:<3} pid {:<8} {:<9} age {}{}{}{}",
                 w.slot,
                 w.pid,
                 printable(&w.state),
                 ago(w.age_ms),
+                w.watchdog_ago_ms
+                    .map(|ms| format!(", last WATCHDOG=1 {} ago", ago(ms)))
+                    .unwrap_or_default(),
+                w.replacing
+                    .as_ref()
+                    .map(|why| format!(
+                        ", replacement for the worker before it ({})",
+                        printable(why)
+                    ))
+                    .unwrap_or_default(),
                 w.status
                     .as_ref()
                     .map(|s| format!("  \"{}\"", printable(s)))
@@ -141,6 +164,14 @@ pub fn status(r: &StatusReport) -> String {
                 .map(|ms| format!(", restart in {}", ago(ms)))
                 .unwrap_or_default()
         );
+    }
+    for s in &r.slots {
+        if let Some(why) = &s.replacing {
+            let _ = writeln!(o, "slot {}: being replaced: {}", s.slot, printable(why));
+        }
+        if let (Some(m), Some(ms)) = (&s.last_replacement, s.last_replacement_ago_ms) {
+            let _ = writeln!(o, "slot {}: {} ago: {}", s.slot, ago(ms), printable(m));
+        }
     }
     if let Some(g) = r.rolling_over_to {
         let _ = writeln!(

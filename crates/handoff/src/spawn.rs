@@ -26,8 +26,12 @@ pub struct WorkerSpec<'a> {
     pub program: &'a Path,
     /// argv, including argv[0].
     pub args: &'a [String],
-    /// The complete environment, except `LISTEN_PID`, which only the child can know.
+    /// The complete environment, except `LISTEN_PID` (and `WATCHDOG_PID`), which only the
+    /// child can know.
     pub env: &'a [(OsString, OsString)],
+    /// The worker has a watchdog (`WATCHDOG_USEC` is in `env`): it gets `WATCHDOG_PID=` its
+    /// own pid, as libsystemd's `sd_watchdog_enabled()` checks.
+    pub watchdog_pid: bool,
     /// The listening sockets, in order: they become fds 3, 4, ...
     pub listeners: &'a [BorrowedFd<'a>],
     /// Sent to the worker if handoff dies, so an orphaned worker drains instead of serving on.
@@ -164,6 +168,7 @@ fn cstring(bytes: &[u8]) -> io::Result<CString> {
 }
 
 const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+const WATCHDOG_PID_PREFIX: &[u8] = b"WATCHDOG_PID=";
 const JOURNAL_STREAM_PREFIX: &[u8] = b"JOURNAL_STREAM=";
 
 /// Starts a worker (clone + exec). Returns its pid once `execve` has succeeded; an exec failure is
@@ -199,6 +204,17 @@ pub fn spawn_worker(spec: &WorkerSpec) -> io::Result<Pid> {
     };
     let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
     envp.push(listen_pid.as_ptr() as *const libc::c_char);
+    let mut watchdog_pid = WATCHDOG_PID_PREFIX.to_vec();
+    watchdog_pid.resize(WATCHDOG_PID_PREFIX.len() + 24, 0);
+    let watchdog_pid_digits = if spec.watchdog_pid {
+        envp.push(watchdog_pid.as_ptr() as *const libc::c_char);
+        unsafe {
+            // SAFETY: in bounds: the buffer is 24 bytes longer than the prefix.
+            watchdog_pid.as_mut_ptr().add(WATCHDOG_PID_PREFIX.len())
+        }
+    } else {
+        std::ptr::null_mut()
+    };
     // With a journal stream, JOURNAL_STREAM=dev:ino of the worker's own stream, filled in by
     // the child once it has it (room for two u64s and the colon).
     let mut journal_env = JOURNAL_STREAM_PREFIX.to_vec();
@@ -239,6 +255,7 @@ pub fn spawn_worker(spec: &WorkerSpec) -> io::Result<Pid> {
         }),
         journal_digits,
         listen_pid_digits,
+        watchdog_pid_digits,
         err_w: err_w.as_raw_fd(),
     };
     let child = clone_vfork(&child_args)?;
@@ -301,6 +318,8 @@ struct ChildArgs<'a> {
     journal: Option<&'a JournalStream>,
     journal_digits: *mut u8,
     listen_pid_digits: *mut u8,
+    /// Null without a watchdog.
+    watchdog_pid_digits: *mut u8,
     err_w: RawFd,
     nofile: Option<libc::rlimit>,
 }
@@ -518,7 +537,11 @@ unsafe fn child_exec(a: &ChildArgs) -> ! {
         if let Some(r) = &a.nofile {
             libc::setrlimit(libc::RLIMIT_NOFILE, r);
         }
-        write_decimal(a.listen_pid_digits, libc::syscall(libc::SYS_getpid) as u64);
+        let pid = libc::syscall(libc::SYS_getpid) as u64;
+        write_decimal(a.listen_pid_digits, pid);
+        if !a.watchdog_pid_digits.is_null() {
+            write_decimal(a.watchdog_pid_digits, pid);
+        }
         // Last: unblock every signal (the worker starts with an empty mask).
         let empty_mask: u64 = 0;
         libc::syscall(
@@ -682,6 +705,7 @@ mod tests {
             program: Path::new("/proc/self/fd"),
             args: &["x".to_string()],
             env: &[],
+            watchdog_pid: false,
             listeners: &[],
             parent_death_signal: Signal::SIGTERM,
             credentials: None,
@@ -699,6 +723,7 @@ mod tests {
             program: Path::new("/bin/true"),
             args: &["true".to_string()],
             env: &[],
+            watchdog_pid: false,
             listeners: &[],
             parent_death_signal: Signal::SIGTERM,
             credentials: None,

@@ -292,6 +292,16 @@ impl Executor {
             } => self.run_hook(pid, generation, slot),
             Action::Log(log) => emit(&log),
             Action::ScanChildren => self.scan_pending = true,
+            Action::SampleUsage(workers) => {
+                let roots: Vec<i32> = workers.iter().map(|(_, pid)| *pid).collect();
+                let rss = tree_rss(&roots);
+                let samples = workers
+                    .iter()
+                    .zip(rss)
+                    .filter_map(|((id, _), rss)| Some((*id, rss?)))
+                    .collect();
+                self.queue.push_back(Input::Usage(samples));
+            }
         }
     }
 
@@ -417,6 +427,16 @@ impl Executor {
                 self.queue.push_back(Input::Scale {
                     waiter: Some(id),
                     workers,
+                });
+            }
+            Command::RestartWorker { slot, reply } => {
+                info!(slot, "restart-worker requested on the control socket");
+                let id = self.next_waiter;
+                self.next_waiter += 1;
+                self.waiters.insert(id, reply);
+                self.queue.push_back(Input::RestartWorker {
+                    waiter: Some(id),
+                    slot,
                 });
             }
             Command::Status { reply } => {
@@ -671,6 +691,7 @@ impl Executor {
             credentials,
             extra: &settings.environment,
             journal: journal.is_some(),
+            watchdog: settings.watchdog,
         }
         .build();
         let mut env = env;
@@ -684,6 +705,7 @@ impl Executor {
             program: &program,
             args: &settings.command,
             env: &env,
+            watchdog_pid: settings.watchdog.is_some(),
             listeners: &fds,
             parent_death_signal: settings.drain_signal,
             credentials,
@@ -950,4 +972,62 @@ fn emit(log: &Log) {
         Level::Warn => ev!(warn),
         Level::Error => ev!(error),
     }
+}
+
+/// The resident memory of each root's process tree (the root and all its descendants), in
+/// bytes, from one walk of /proc; `None` for a root that is gone. A worker's children
+/// (Node's cluster, a shell's pipeline) count: the limit is about what the worker costs.
+fn tree_rss(roots: &[i32]) -> Vec<Option<u64>> {
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64;
+    // pid -> (parent, resident bytes), for every process we can read.
+    let mut procs: HashMap<i32, (i32, u64)> = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![None; roots.len()];
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // The parent pid follows the last ')' of `stat` (the command name may hold any byte);
+        // a process that exits meanwhile is skipped.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let rss = std::fs::read_to_string(format!("/proc/{pid}/statm"))
+            .ok()
+            .and_then(|m| m.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map_or(0, |pages| pages * page);
+        procs.insert(pid, (ppid, rss));
+    }
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for (pid, (ppid, _)) in &procs {
+        children.entry(*ppid).or_default().push(*pid);
+    }
+    roots
+        .iter()
+        .map(|root| {
+            procs.get(root)?;
+            let mut total = 0;
+            let mut stack = vec![*root];
+            while let Some(p) = stack.pop() {
+                total += procs.get(&p).map_or(0, |(_, rss)| *rss);
+                stack.extend(children.get(&p).into_iter().flatten().copied());
+            }
+            Some(total)
+        })
+        .collect()
 }

@@ -29,6 +29,13 @@ pub struct Policy {
     /// crash count resets). Zero: no window.
     pub min_uptime: Duration,
     pub drain_signal: Signal,
+    /// Each worker must send `WATCHDOG=1` this often once ready (it gets `WATCHDOG_USEC`);
+    /// one that falls silent is replaced.
+    pub watchdog: Option<Duration>,
+    /// A worker whose process tree's RSS passes this many bytes is replaced.
+    pub max_memory: Option<u64>,
+    /// A worker this old (since its start) is replaced.
+    pub max_age: Option<Duration>,
     /// A version file is configured: read it before each rollover.
     pub version_file: bool,
     /// An `--on-drain-timeout` hook is configured.
@@ -55,6 +62,9 @@ impl Policy {
             drain_timeout: s.drain_timeout,
             min_uptime: s.min_uptime,
             drain_signal: s.drain_signal,
+            watchdog: s.watchdog,
+            max_memory: s.max_memory,
+            max_age: s.max_age,
             version_file: s.version_file.is_some(),
             drain_timeout_hook: s.on_drain_timeout.is_some(),
             command: s.command.clone(),
@@ -83,6 +93,9 @@ impl Policy {
         differ("drain_signal", self.drain_signal != other.drain_signal);
         differ("rolling", self.rolling != other.rolling);
         differ("min_uptime", self.min_uptime != other.min_uptime);
+        differ("watchdog", self.watchdog != other.watchdog);
+        differ("max_memory", self.max_memory != other.max_memory);
+        differ("max_age", self.max_age != other.max_age);
         differ("user", self.user != other.user);
         differ("group", self.group != other.group);
         differ(
@@ -142,6 +155,15 @@ pub enum Input {
         waiter: Option<WaiterId>,
         workers: usize,
     },
+    /// `handoff restart-worker N`: replace the worker of slot N gracefully (a new one starts
+    /// beside it; once it is ready the old one is drained).
+    RestartWorker {
+        waiter: Option<WaiterId>,
+        slot: usize,
+    },
+    /// The answer to [`Action::SampleUsage`]: each worker's process-tree RSS in bytes (workers
+    /// that could not be read are left out).
+    Usage(Vec<(WorkerId, u64)>),
     /// The answer to [`Action::ReadVersion`].
     Version(VersionInfo),
     /// The answer to [`Action::ReadVersion`] when the new generation has a
@@ -220,6 +242,9 @@ pub enum Action {
         slot: usize,
         generation: u64,
     },
+    /// Measure these workers' memory (pid: each worker's process tree); answer with
+    /// [`Input::Usage`].
+    SampleUsage(Vec<(WorkerId, i32)>),
     /// List handoff's other children; answer with [`Input::Children`].
     ScanChildren,
     /// Send a signal to one process.

@@ -56,6 +56,9 @@ fn healthy_after(min_uptime: Duration) -> Duration {
     }
 }
 
+/// How often the workers' memory is measured while a generation has `max_memory`.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
 /// A slot with this many consecutive crashes is shown as crash-looping.
 pub const CRASH_LOOP: u32 = 3;
 /// Slack added to timeouts announced to systemd with `EXTEND_TIMEOUT_USEC=`.
@@ -116,6 +119,31 @@ struct Worker {
     errno: Option<i32>,
     /// Started after its generation's version file changed on disk: what it runs instead.
     runs_on_disk: Option<String>,
+    /// Its last `WATCHDOG=1`.
+    last_ping: Option<Instant>,
+    /// Its process tree's RSS at the last sample (with `max_memory`).
+    rss: Option<u64>,
+    /// Drained because a replacement took its slot (watchdog, limits, restart-worker), not
+    /// by a rollover: a kill at the drain timeout is not the last rollover's.
+    replaced: bool,
+}
+
+impl Worker {
+    fn new(slot: usize, generation: u64, now: Instant) -> Worker {
+        Worker {
+            slot,
+            generation,
+            pid: None,
+            started: now,
+            phase: Phase::Spawning,
+            status: None,
+            errno: None,
+            last_ping: None,
+            rss: None,
+            replaced: false,
+            runs_on_disk: None,
+        }
+    }
 }
 
 impl Worker {
@@ -169,6 +197,87 @@ struct Slot {
     occupant: Occupant,
     /// Consecutive crashes (sets the restart backoff).
     crashes: u32,
+    /// A new worker starting beside the occupant, to take its place once ready.
+    incoming: Option<Incoming>,
+    /// Replacements that failed in a row (sets when the next automatic one may start).
+    failed_replacements: u32,
+    /// No automatic replacement (watchdog, limits) before this time: the last one failed.
+    retry_at: Option<Instant>,
+    /// The last replacement of this slot's worker, for `handoff status`.
+    last_replacement: Option<(Instant, String)>,
+}
+
+impl Slot {
+    fn vacant() -> Slot {
+        Slot {
+            occupant: Occupant::Vacant,
+            crashes: 0,
+            incoming: None,
+            failed_replacements: 0,
+            retry_at: None,
+            last_replacement: None,
+        }
+    }
+}
+
+/// Why a serving worker is being replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Replace {
+    /// `handoff restart-worker N`.
+    Asked,
+    /// It sent no `WATCHDOG=1` for this long.
+    Silent(Duration),
+    /// It sent `WATCHDOG=trigger`.
+    Triggered,
+    /// Its process tree used `rss` bytes, over `max_memory`.
+    Memory { rss: u64, limit: u64 },
+    /// It ran past `max_age`.
+    Age(Duration),
+}
+
+impl Replace {
+    fn describe(&self) -> String {
+        match self {
+            Replace::Asked => "restart-worker asked for it".into(),
+            Replace::Silent(d) => format!("no WATCHDOG=1 for {} (watchdog)", human(*d)),
+            Replace::Triggered => "it sent WATCHDOG=trigger".into(),
+            Replace::Memory { rss, limit } => format!(
+                "its process tree uses {}, over max_memory {}",
+                mib(*rss),
+                mib(*limit)
+            ),
+            Replace::Age(d) => format!("it is older than max_age {}", human(*d)),
+        }
+    }
+
+    /// One word for systemd's `STATUS=` line.
+    fn short(&self) -> &'static str {
+        match self {
+            Replace::Asked => "restart-worker",
+            Replace::Silent(_) | Replace::Triggered => "watchdog",
+            Replace::Memory { .. } => "max_memory",
+            Replace::Age(_) => "max_age",
+        }
+    }
+
+    /// Limits replace one worker at a time; a hung or asked-for worker is replaced at once.
+    fn is_limit(&self) -> bool {
+        matches!(self, Replace::Memory { .. } | Replace::Age(_))
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+/// A replacement under way: the new worker, and who waits for it.
+#[derive(Debug, Clone)]
+struct Incoming {
+    worker: WorkerId,
+    /// The worker it replaces.
+    old: WorkerId,
+    reason: Replace,
+    waiter: Option<Waiter>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -291,17 +400,15 @@ pub struct Machine {
     forced_kills: u64,
     /// Those kills not yet told to a reload caller (they come with the next answer).
     unreported_kills: Vec<String>,
+    /// When the workers' memory is measured next (with `max_memory`); `None`: a sample is
+    /// out, or no limit is set.
+    next_sample: Option<Instant>,
     out: Vec<Action>,
 }
 
 impl Machine {
     pub fn new(policy: Policy, now: Instant) -> Machine {
-        let slots = (0..policy.workers)
-            .map(|_| Slot {
-                occupant: Occupant::Vacant,
-                crashes: 0,
-            })
-            .collect();
+        let slots = (0..policy.workers).map(|_| Slot::vacant()).collect();
         Machine {
             policy,
             next: None,
@@ -323,6 +430,7 @@ impl Machine {
             scan: false,
             forced_kills: 0,
             unreported_kills: Vec::new(),
+            next_sample: Some(now),
             out: Vec::new(),
         }
     }
@@ -359,6 +467,15 @@ impl Machine {
                 },
                 workers,
             ),
+            Input::RestartWorker { waiter, slot } => self.on_restart_worker(
+                now,
+                Waiter {
+                    id: waiter,
+                    if_changed: false,
+                },
+                slot,
+            ),
+            Input::Usage(samples) => self.on_usage(now, samples),
             Input::Version(v) => self.on_version(now, Some(v), None),
             Input::Prepared { version, release } => self.on_version(now, version, Some(release)),
             Input::RunsOnDisk { worker, note } => self.on_runs_on_disk(worker, note),
@@ -371,7 +488,10 @@ impl Machine {
             Input::Children(children) => self.on_children(now, children),
             Input::Notify { worker, msg } => self.on_notify(now, worker, msg),
             Input::Exited { pid, status } => self.on_exit(now, pid, status),
-            Input::Tick => self.on_tick(now),
+            Input::Tick => {
+                self.on_tick(now);
+                self.check_health(now);
+            }
             Input::Shutdown { why, code } => self.begin_shutdown(now, &why, code),
             Input::KillAll => self.kill_all(),
         }
@@ -427,7 +547,7 @@ impl Machine {
             .chain(restarts)
             .chain(strays)
             .chain(healthy)
-            .chain([window])
+            .chain([window, self.health_deadline()])
             .flatten()
             .min()
     }
@@ -833,19 +953,7 @@ impl Machine {
         let id = self.next_worker;
         self.next_worker += 1;
         ro.pending.push(id);
-        self.workers.insert(
-            id,
-            Worker {
-                slot,
-                generation,
-                pid: None,
-                started: now,
-                phase: Phase::Spawning,
-                status: None,
-                errno: None,
-                runs_on_disk: None,
-            },
-        );
+        self.workers.insert(id, Worker::new(slot, generation, now));
         self.out.push(Action::Spawn {
             worker: id,
             slot,
@@ -927,16 +1035,14 @@ impl Machine {
             let slot = self.workers[&id].slot;
             // Scaling up: the slot exists from its first worker's switch on.
             while self.slots.len() <= slot {
-                self.slots.push(Slot {
-                    occupant: Occupant::Vacant,
-                    crashes: 0,
-                });
+                self.slots.push(Slot::vacant());
             }
             // Replacing the occupant also cancels a restart pending for this slot.
             let old = std::mem::replace(&mut self.slots[slot].occupant, Occupant::Worker(id));
             if let Occupant::Worker(old) = old {
                 self.drain(now, old, "replaced");
             }
+            self.cancel_replacement(now, slot, generation);
         }
         self.current = generation;
         if more {
@@ -945,7 +1051,11 @@ impl Machine {
         }
         // Scaling down: the slots the new generation has no worker for go, their workers
         // drained like any replaced one.
-        for old in self.slots.split_off(workers.min(self.slots.len())) {
+        let keep = workers.min(self.slots.len());
+        for slot in keep..self.slots.len() {
+            self.cancel_replacement(now, slot, generation);
+        }
+        for old in self.slots.split_off(keep) {
             if let Occupant::Worker(old) = old.occupant {
                 self.drain(now, old, "scaled down");
             }
@@ -1204,6 +1314,11 @@ impl Machine {
                 w.slot, w.generation
             );
             self.fail_rollover(now, reason, !ours);
+        } else if let Some(slot) = self.incoming_of(id) {
+            self.replacement_failed(now, slot, &format!("cannot start its replacement: {error}"));
+            if self.slots[slot].occupant == Occupant::Worker(id) {
+                self.schedule_restart(now, slot, true);
+            }
         } else if self.occupies(w.slot, id) {
             self.log(
                 Level::Error,
@@ -1225,6 +1340,9 @@ impl Machine {
         }
         if msg.errno.is_some() {
             w.errno = msg.errno;
+        }
+        if msg.watchdog {
+            w.last_ping = Some(now);
         }
         if let (Some(ext), Phase::Starting { deadline, ready_at }) = (msg.extend_timeout, w.phase)
             && now + ext > deadline
@@ -1249,6 +1367,32 @@ impl Machine {
         if msg.ready && notify_mode && matches!(w.phase, Phase::Starting { .. }) {
             self.mark_ready(now, id);
         }
+        if msg.watchdog_trigger {
+            self.watchdog_triggered(now, id);
+        }
+    }
+
+    /// `WATCHDOG=trigger`: a serving worker is replaced at once; a new worker of a rollover
+    /// fails it (the release says it is broken). Only with `watchdog` set: without, the
+    /// message means nothing (as systemd ignores it without `WatchdogSec=`), and a worker
+    /// that sends it anyway must not stop a start or a reload.
+    fn watchdog_triggered(&mut self, now: Instant, id: WorkerId) {
+        let Some(w) = self.workers.get(&id) else {
+            return;
+        };
+        if self.settings_of(w.generation).watchdog.is_none() {
+            return;
+        }
+        let (slot, pid) = (w.slot, w.pid.unwrap_or_default());
+        let words = w.last_words();
+        if self.rollover_of(id).is_some() {
+            let reason = format!("worker {slot} (pid {pid}) sent WATCHDOG=trigger{words}");
+            self.fail_rollover(now, reason, true);
+        } else if self.occupies(slot, id) {
+            if let Err(e) = self.replace(now, slot, Replace::Triggered, None) {
+                self.log_worker(Level::Warn, id, format!("WATCHDOG=trigger ignored: {e}"));
+            }
+        }
     }
 
     fn mark_ready(&mut self, now: Instant, id: WorkerId) {
@@ -1258,6 +1402,9 @@ impl Machine {
         w.phase = Phase::Ready { since: now };
         let ms = now.saturating_duration_since(w.started).as_millis();
         self.log_worker(Level::Info, id, format!("worker ready after {ms} ms"));
+        if let Some(slot) = self.incoming_of(id) {
+            self.swap_in(now, slot);
+        }
         self.advance(now);
     }
 
@@ -1328,6 +1475,12 @@ impl Machine {
         let slot = w.slot;
         if self.rollover_of(id).is_some() {
             self.fail_rollover(now, reason, true);
+        } else if let Some(slot) = self.incoming_of(id) {
+            self.drain(now, id, "not ready in time");
+            self.replacement_failed(now, slot, &reason);
+            if self.occupies(slot, id) {
+                self.schedule_restart(now, slot, true);
+            }
         } else {
             // A restarted worker that never got ready: drain it and count a crash.
             self.log_worker(Level::Warn, id, reason);
@@ -1373,10 +1526,13 @@ impl Machine {
             return;
         };
         w.phase = Phase::Killed;
-        let (generation, slot) = (w.generation, w.slot);
+        let (generation, slot, replaced) = (w.generation, w.slot, w.replaced);
         // Requests it still held are cut: count it where status and the next reload answer
-        // show it (not during shutdown, which nobody waits on as a rollover).
-        if !self.shutting_down() {
+        // show it (not during shutdown, which nobody waits on as a rollover). A replaced
+        // worker (often a hung one) counts since start only: no rollover drained it.
+        if replaced {
+            self.forced_kills += 1;
+        } else if !self.shutting_down() {
             self.forced_kills += 1;
             if let Some(last) = &mut self.last {
                 last.forced_kills += 1;
@@ -1500,6 +1656,34 @@ impl Machine {
             } else {
                 self.fail_rollover(now, reason, true);
             }
+        } else if let Some(incoming_slot) = self.incoming_of(id) {
+            // The replacement died before it was ready (it took the slot if the old worker
+            // died first: then the slot restarts as after any crash).
+            let took_slot = self.occupies(incoming_slot, id);
+            self.replacement_failed(now, incoming_slot, &reason);
+            if took_slot && !self.shutting_down() {
+                self.schedule_restart(now, incoming_slot, true);
+            }
+        } else if self.occupies(slot, id)
+            && !self.shutting_down()
+            && let Some(inc) = self.slots[slot].incoming.as_ref().map(|i| i.worker)
+        {
+            // Its replacement is already starting: it takes the slot now (and serves once
+            // ready) instead of a restart.
+            self.out.push(Action::Log(Log {
+                level: Level::Warn,
+                generation: Some(w.generation),
+                slot: Some(slot),
+                pid: w.pid,
+                message: format!(
+                    "worker died while being replaced: {reason}; its replacement takes the slot"
+                ),
+            }));
+            let s = &mut self.slots[slot];
+            s.occupant = Occupant::Worker(inc);
+            if !healthy {
+                s.crashes += 1;
+            }
         } else if self.occupies(slot, id) && !self.shutting_down() {
             if healthy {
                 self.slots[slot].crashes = 0;
@@ -1578,24 +1762,368 @@ impl Machine {
         let id = self.next_worker;
         self.next_worker += 1;
         self.slots[slot].occupant = Occupant::Worker(id);
-        self.workers.insert(
-            id,
-            Worker {
-                slot,
-                generation: self.current,
-                pid: None,
-                started: now,
-                phase: Phase::Spawning,
-                status: None,
-                errno: None,
-                runs_on_disk: None,
-            },
-        );
+        self.workers
+            .insert(id, Worker::new(slot, self.current, now));
         self.out.push(Action::Spawn {
             worker: id,
             slot,
             generation: self.current,
         });
+    }
+
+    // ---- replacing one worker ------------------------------------------------------------
+
+    /// `handoff restart-worker N`.
+    fn on_restart_worker(&mut self, now: Instant, waiter: Waiter, slot: usize) {
+        if let RolloverPhase::Running(ro) = &self.rollover {
+            let message = format!(
+                "a rollover to generation {} is running and replaces every worker; \
+                 ask again once it is done (`handoff status`)",
+                ro.generation
+            );
+            self.reply(waiter, self.refused(&message));
+            return;
+        }
+        if let Err(e) = self.replace(now, slot, Replace::Asked, Some(waiter)) {
+            self.reply(waiter, self.refused(&e));
+        }
+    }
+
+    /// Starts a new worker for `slot` beside the one serving it, in the same generation; once
+    /// it is ready it takes the slot and the old one is drained (see [`Machine::swap_in`]).
+    /// The slot never goes without a worker: if the new one fails, the old one stays.
+    fn replace(
+        &mut self,
+        now: Instant,
+        slot: usize,
+        reason: Replace,
+        waiter: Option<Waiter>,
+    ) -> Result<(), String> {
+        if self.shutting_down() {
+            return Err("handoff is shutting down".into());
+        }
+        let n = self.slots.len();
+        let Some(s) = self.slots.get(slot) else {
+            return Err(format!(
+                "there is no worker {slot}: the workers are numbered 0 to {}",
+                n.saturating_sub(1)
+            ));
+        };
+        if let Some(inc) = &s.incoming {
+            return Err(format!(
+                "worker {slot} is already being replaced ({})",
+                inc.reason.describe()
+            ));
+        }
+        let old = match s.occupant {
+            Occupant::Worker(id) => id,
+            Occupant::Restarting { at } => {
+                return Err(format!(
+                    "worker {slot} is not running: it restarts in {} after a crash",
+                    human(at.saturating_duration_since(now))
+                ));
+            }
+            Occupant::Vacant => return Err(format!("worker {slot} is not running")),
+        };
+        let w = &self.workers[&old];
+        let Phase::Ready { .. } = w.phase else {
+            return Err(format!(
+                "worker {slot} is {}, not ready yet: a new one is on its way already",
+                w.phase.name()
+            ));
+        };
+        let (generation, old_pid) = (w.generation, w.pid.unwrap_or_default());
+        let id = self.next_worker;
+        self.next_worker += 1;
+        self.workers.insert(id, Worker::new(slot, generation, now));
+        let level = if reason.is_limit() || reason == Replace::Asked {
+            Level::Info
+        } else {
+            Level::Error
+        };
+        self.log(
+            level,
+            Some(generation),
+            format!(
+                "replacing worker {slot} (pid {old_pid}): {}; a new worker starts beside it, \
+                 and it is drained once the new one is ready",
+                reason.describe()
+            ),
+        );
+        self.slots[slot].incoming = Some(Incoming {
+            worker: id,
+            old,
+            reason,
+            waiter,
+        });
+        self.out.push(Action::Spawn {
+            worker: id,
+            slot,
+            generation,
+        });
+        Ok(())
+    }
+
+    /// The slot whose replacement `id` is.
+    fn incoming_of(&self, id: WorkerId) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| s.incoming.as_ref().is_some_and(|i| i.worker == id))
+    }
+
+    /// The replacement for `slot` is ready: it takes the slot, the old worker drains.
+    fn swap_in(&mut self, now: Instant, slot: usize) {
+        let Some(inc) = self.slots[slot].incoming.take() else {
+            return;
+        };
+        let old = std::mem::replace(&mut self.slots[slot].occupant, Occupant::Worker(inc.worker));
+        let pids = |id: WorkerId| {
+            self.workers
+                .get(&id)
+                .and_then(|w| w.pid)
+                .map_or("-".to_string(), |p| p.to_string())
+        };
+        let (old_pid, new_pid) = (pids(inc.old), pids(inc.worker));
+        let why = inc.reason.describe();
+        let message = format!("worker {slot} replaced: pid {old_pid} → pid {new_pid} ({why})");
+        let s = &mut self.slots[slot];
+        s.failed_replacements = 0;
+        s.retry_at = None;
+        s.last_replacement = Some((now, message.clone()));
+        if old == Occupant::Worker(inc.old) {
+            if let Some(w) = self.workers.get_mut(&inc.old) {
+                w.replaced = true;
+            }
+            self.drain(now, inc.old, &format!("replaced: {why}"));
+        }
+        self.log_worker(Level::Info, inc.worker, message.clone());
+        if let Some(w) = inc.waiter {
+            self.reply(w, self.answer(Outcome::Ok, message));
+        }
+    }
+
+    /// The replacement for `slot` exited or missed its ready deadline: the old worker stays
+    /// (if it still runs), and automatic replacements back off.
+    fn replacement_failed(&mut self, now: Instant, slot: usize, reason: &str) {
+        let Some(inc) = self.slots[slot].incoming.take() else {
+            return;
+        };
+        let s = &mut self.slots[slot];
+        s.failed_replacements += 1;
+        let backoff = RESTART_BASE
+            .saturating_mul(1u32 << s.failed_replacements.min(16))
+            .min(RESTART_MAX);
+        s.retry_at = Some(now + backoff);
+        let kept = if s.occupant == Occupant::Worker(inc.old) {
+            format!(
+                "worker {slot} keeps serving; the next automatic replacement waits {}",
+                human(backoff)
+            )
+        } else {
+            format!("worker {slot} had exited meanwhile")
+        };
+        let message = format!(
+            "replacing worker {slot} ({}) failed: {reason}; {kept}",
+            inc.reason.describe()
+        );
+        self.log(Level::Error, None, message.clone());
+        if let Some(w) = inc.waiter {
+            self.reply(w, self.answer(Outcome::RolledBack, message));
+        }
+    }
+
+    /// A rollover switched `slot` to `generation`, or scaled it away: a replacement under
+    /// way there is not needed any more.
+    fn cancel_replacement(&mut self, now: Instant, slot: usize, generation: u64) {
+        let Some(inc) = self.slots.get_mut(slot).and_then(|s| s.incoming.take()) else {
+            return;
+        };
+        self.drain(now, inc.worker, "its slot was switched by a rollover");
+        if let Some(w) = inc.waiter {
+            let message = format!(
+                "worker {slot} was replaced by generation {generation} before its own \
+                 replacement was ready"
+            );
+            self.reply(w, self.answer(Outcome::Ok, message));
+        }
+    }
+
+    /// When worker `id` is due to ping (`None`: no watchdog for it, or it is not ready).
+    fn watchdog_due(&self, id: WorkerId) -> Option<Instant> {
+        let w = self.workers.get(&id)?;
+        let Phase::Ready { since } = w.phase else {
+            return None;
+        };
+        let interval = self.settings_of(w.generation).watchdog?;
+        Some(w.last_ping.unwrap_or(since).max(since) + interval)
+    }
+
+    /// The serving workers an automatic replacement may look at now, with their slots: ready,
+    /// not being replaced, not backing off from a failed replacement.
+    fn replaceable(&self, now: Instant) -> Vec<(usize, WorkerId)> {
+        if self.shutting_down() {
+            return Vec::new();
+        }
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.incoming.is_none() && s.retry_at.is_none_or(|at| at <= now))
+            .filter_map(|(slot, s)| match s.occupant {
+                Occupant::Worker(id)
+                    if matches!(
+                        self.workers.get(&id).map(|w| w.phase),
+                        Some(Phase::Ready { .. })
+                    ) =>
+                {
+                    Some((slot, id))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Limits (`max_memory`, `max_age`) replace one worker at a time, and not while a
+    /// rollover runs (it replaces them all anyway).
+    fn limits_may_act(&self) -> bool {
+        matches!(self.rollover, RolloverPhase::Idle)
+            && !self
+                .slots
+                .iter()
+                .any(|s| s.incoming.as_ref().is_some_and(|i| i.reason.is_limit()))
+    }
+
+    /// The deadlines of worker health: watchdogs, `max_age`, the next memory sample. A
+    /// deadline that has passed while its slot backs off from a failed replacement counts
+    /// from the backoff's end, so nothing is due over and over.
+    fn health_deadline(&self) -> Option<Instant> {
+        if self.shutting_down() {
+            return None;
+        }
+        let limits = self.limits_may_act();
+        let serving = self.slots.iter().filter_map(|s| {
+            let Occupant::Worker(id) = s.occupant else {
+                return None;
+            };
+            let w = self.workers.get(&id)?;
+            if s.incoming.is_some() || !matches!(w.phase, Phase::Ready { .. }) {
+                return None;
+            }
+            let age = self
+                .settings_of(w.generation)
+                .max_age
+                .filter(|_| limits)
+                .map(|a| w.started + a);
+            let due = [self.watchdog_due(id), age].into_iter().flatten().min()?;
+            Some(s.retry_at.map_or(due, |r| due.max(r)))
+        });
+        // New workers in a stability window are watched too: a hang there rolls back.
+        let pending = match &self.rollover {
+            RolloverPhase::Running(ro) => ro
+                .pending
+                .iter()
+                .filter_map(|id| self.watchdog_due(*id))
+                .min(),
+            _ => None,
+        };
+        let sample = self.next_sample.filter(|_| self.memory_limited());
+        serving.chain(pending).chain(sample).min()
+    }
+
+    /// Whether a serving worker's generation has `max_memory`.
+    fn memory_limited(&self) -> bool {
+        !self.shutting_down()
+            && self.slots.iter().any(|s| match s.occupant {
+                Occupant::Worker(id) => self
+                    .workers
+                    .get(&id)
+                    .is_some_and(|w| self.settings_of(w.generation).max_memory.is_some()),
+                _ => false,
+            })
+    }
+
+    /// Acts on the health deadlines that have come: a silent worker is replaced, a new one
+    /// silent in its stability window fails the rollover, a worker past `max_age` is
+    /// replaced, and a memory sample is asked for.
+    fn check_health(&mut self, now: Instant) {
+        if self.shutting_down() {
+            return;
+        }
+        if let RolloverPhase::Running(ro) = &self.rollover {
+            let hung = ro.pending.iter().copied().find_map(|id| {
+                let due = self.watchdog_due(id)?;
+                (due <= now).then_some((id, due))
+            });
+            if let Some((id, due)) = hung {
+                let w = &self.workers[&id];
+                let interval = self.settings_of(w.generation).watchdog.unwrap_or_default();
+                let reason = format!(
+                    "worker {} (pid {}) sent no WATCHDOG=1 for {} after READY=1 (watchdog {}){}",
+                    w.slot,
+                    w.pid.unwrap_or_default(),
+                    human(now.saturating_duration_since(due - interval)),
+                    human(interval),
+                    w.last_words()
+                );
+                self.fail_rollover(now, reason, true);
+            }
+        }
+        for (slot, id) in self.replaceable(now) {
+            if let Some(due) = self.watchdog_due(id)
+                && due <= now
+            {
+                let w = &self.workers[&id];
+                let silent = now.saturating_duration_since(match w.phase {
+                    Phase::Ready { since } => w.last_ping.unwrap_or(since).max(since),
+                    _ => now,
+                });
+                let _ = self.replace(now, slot, Replace::Silent(silent), None);
+            }
+        }
+        if self.limits_may_act()
+            && let Some((slot, age)) = self.replaceable(now).into_iter().find_map(|(slot, id)| {
+                let w = &self.workers[&id];
+                let limit = self.settings_of(w.generation).max_age?;
+                (w.started + limit <= now).then_some((slot, limit))
+            })
+        {
+            let _ = self.replace(now, slot, Replace::Age(age), None);
+        }
+        if self.next_sample.is_some_and(|at| at <= now) && self.memory_limited() {
+            let workers: Vec<(WorkerId, i32)> = self
+                .slots
+                .iter()
+                .filter_map(|s| match s.occupant {
+                    Occupant::Worker(id) => Some(id),
+                    _ => None,
+                })
+                .filter_map(|id| Some((id, self.workers.get(&id)?.pid?)))
+                .collect();
+            self.next_sample = None;
+            self.out.push(Action::SampleUsage(workers));
+        }
+    }
+
+    /// A memory sample: the first serving worker over its `max_memory` is replaced (one at
+    /// a time; the next sample finds the next one).
+    fn on_usage(&mut self, now: Instant, samples: Vec<(WorkerId, u64)>) {
+        self.next_sample = Some(now + SAMPLE_EVERY);
+        for (id, rss) in &samples {
+            if let Some(w) = self.workers.get_mut(id) {
+                w.rss = Some(*rss);
+            }
+        }
+        if !self.limits_may_act() {
+            return;
+        }
+        let replaceable = self.replaceable(now);
+        let over = samples.iter().find_map(|(id, rss)| {
+            let (slot, _) = replaceable.iter().find(|(_, w)| w == id)?;
+            let limit = self.settings_of(self.workers[id].generation).max_memory?;
+            (*rss > limit).then_some((*slot, *rss, limit))
+        });
+        if let Some((slot, rss, limit)) = over {
+            let _ = self.replace(now, slot, Replace::Memory { rss, limit }, None);
+        }
     }
 
     // ---- re-parented descendants ---------------------------------------------------------
@@ -1747,8 +2275,16 @@ impl Machine {
             self.drain_stray(now, pid);
         }
         self.scan = true;
+        let mut replacements = Vec::new();
         for s in &mut self.slots {
             s.occupant = Occupant::Vacant;
+            replacements.extend(s.incoming.take().and_then(|i| i.waiter));
+        }
+        for w in replacements {
+            self.reply(
+                w,
+                self.refused("handoff is shutting down; replacement abandoned"),
+            );
         }
     }
 

@@ -38,6 +38,9 @@ pub fn settings_status(p: &Policy) -> SettingsStatus {
         group: p.group.clone(),
         environment: p.environment.iter().map(|(k, _)| k.clone()).collect(),
         working_directory: p.working_directory.clone(),
+        watchdog: p.watchdog.map(config_duration),
+        max_memory: p.max_memory,
+        max_age: p.max_age.map(config_duration),
     }
 }
 
@@ -61,8 +64,8 @@ impl Machine {
         let ms = |d: Duration| d.as_millis() as u64;
         let mut workers: Vec<WorkerStatus> = self
             .workers
-            .values()
-            .filter_map(|w| {
+            .iter()
+            .filter_map(|(id, w)| {
                 Some(WorkerStatus {
                     slot: w.slot,
                     generation: w.generation,
@@ -71,6 +74,22 @@ impl Machine {
                     age_ms: ms(now.saturating_duration_since(w.started)),
                     status: w.status.clone(),
                     runs_on_disk: w.runs_on_disk.clone(),
+                    watchdog_ago_ms: match w.phase {
+                        Phase::Ready { since }
+                            if self.settings_of(w.generation).watchdog.is_some() =>
+                        {
+                            Some(ms(now.saturating_duration_since(
+                                w.last_ping.unwrap_or(since).max(since),
+                            )))
+                        }
+                        _ => None,
+                    },
+                    replacing: self
+                        .slots
+                        .get(w.slot)
+                        .and_then(|s| s.incoming.as_ref())
+                        .filter(|i| i.worker == *id)
+                        .map(|i| i.reason.describe()),
                 })
             })
             .collect();
@@ -106,6 +125,12 @@ impl Machine {
                         Occupant::Restarting { at } => Some(ms(at.saturating_duration_since(now))),
                         _ => None,
                     },
+                    replacing: s.incoming.as_ref().map(|i| i.reason.describe()),
+                    last_replacement: s.last_replacement.as_ref().map(|(_, m)| m.clone()),
+                    last_replacement_ago_ms: s
+                        .last_replacement
+                        .as_ref()
+                        .map(|(at, _)| ms(now.saturating_duration_since(*at))),
                 })
                 .collect(),
             rolling_over_to: match &self.rollover {
@@ -235,6 +260,11 @@ impl Machine {
             })
             .map(|(i, s)| format!("w{i}×{}", s.crashes))
             .collect();
+        for (i, s) in self.slots.iter().enumerate() {
+            if let Some(inc) = &s.incoming {
+                line.push_str(&format!("; replacing w{i} ({})", inc.reason.short()));
+            }
+        }
         if !crashing.is_empty() {
             line.push_str(&format!("; restarting {}", crashing.join(",")));
         }

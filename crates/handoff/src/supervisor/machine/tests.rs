@@ -5,6 +5,8 @@ use super::*;
 
 /// Config reload and the stability window together.
 mod combo;
+/// One worker replaced gracefully: restart-worker, the per-worker watchdog, memory and age.
+mod health;
 /// Each generation pins the release its `working_directory` named when it started.
 mod pinned;
 /// Reloads that bring settings (a re-read config file) and `scale`.
@@ -22,6 +24,9 @@ fn policy(workers: usize) -> Policy {
         // The rules before the stability window; `windowed` tests it.
         min_uptime: Duration::ZERO,
         drain_signal: Signal::SIGTERM,
+        watchdog: None,
+        max_memory: None,
+        max_age: None,
         version_file: false,
         drain_timeout_hook: false,
         command: vec!["app".into()],
