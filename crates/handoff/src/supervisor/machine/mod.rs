@@ -321,8 +321,9 @@ enum RolloverPhase {
     Preparing {
         waiters: Vec<Waiter>,
         initial: bool,
-        /// What the new generation is to run with.
-        settings: Policy,
+        /// What the new generation is to run with (boxed: a `Policy` is large, and the
+        /// machine keeps one `RolloverPhase`).
+        settings: Box<Policy>,
     },
     Running(Rollover),
 }
@@ -710,7 +711,7 @@ impl Machine {
         self.rollover = RolloverPhase::Preparing {
             waiters,
             initial,
-            settings,
+            settings: Box::new(settings),
         };
         let pinned = match &self.rollover {
             RolloverPhase::Preparing { settings, .. } => settings.working_directory.is_some(),
@@ -787,6 +788,7 @@ impl Machine {
         else {
             return;
         };
+        let settings = *settings;
         let changes = self.in_force().changes(&settings);
         let (conditional, mut go): (Vec<Waiter>, Vec<Waiter>) =
             waiters.into_iter().partition(|w| w.if_changed && !initial);
