@@ -475,6 +475,18 @@ impl Executor {
         r.log_lines_dropped = handoff_common::logging::dropped_lines();
         r.config_file = self.rt.config.file.clone();
         r.config_differs = self.config_differs();
+        // Sampled now, on the loop: a worker not reaped yet keeps its pid (a zombie), so no
+        // pid sampled here can be another process's. One /proc walk for all workers; no
+        // sampling happens between status requests (an idle handoff never wakes up).
+        let pids: Vec<i32> = r.workers.iter().map(|w| w.pid).collect();
+        let usage = crate::usage::sample(&pids);
+        for w in &mut r.workers {
+            if let Some(u) = usage.get(&w.pid) {
+                w.rss_bytes = Some(u.rss_bytes);
+                w.cpu_ms = Some(u.cpu.as_millis() as u64);
+                w.processes = Some(u.processes);
+            }
+        }
         r
     }
 

@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use handoff_common::duration::human;
-use handoff_common::protocol::{Outcome, ReloadReply, VersionInfo};
+use handoff_common::protocol::{ExitKind, Outcome, ReloadReply, VersionInfo};
 use nix::sys::signal::Signal;
 
 use crate::config::ReadyMode;
@@ -113,6 +113,8 @@ struct Worker {
     /// The last `STATUS=` it sent.
     status: Option<String>,
     errno: Option<i32>,
+    /// Why handoff asked it to drain (for its slot's last exit in status).
+    drained_because: Option<String>,
 }
 
 impl Worker {
@@ -166,6 +168,33 @@ struct Slot {
     occupant: Occupant,
     /// Consecutive crashes (sets the restart backoff).
     crashes: u32,
+    /// Workers started here because the one before exited on its own (crash or stop from
+    /// outside), ever: what `pm2 list` calls restarts. Rollovers do not count.
+    restarts: u32,
+    /// How the last worker of this slot that is gone ended.
+    last_exit: Option<LastExit>,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            occupant: Occupant::Vacant,
+            crashes: 0,
+            restarts: 0,
+            last_exit: None,
+        }
+    }
+}
+
+/// A worker's end, kept per slot for `handoff status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LastExit {
+    pid: i32,
+    generation: u64,
+    status: ExitStatus,
+    kind: ExitKind,
+    drained_because: Option<String>,
+    at: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -290,12 +319,7 @@ pub struct Machine {
 
 impl Machine {
     pub fn new(policy: Policy, now: Instant) -> Machine {
-        let slots = (0..policy.workers)
-            .map(|_| Slot {
-                occupant: Occupant::Vacant,
-                crashes: 0,
-            })
-            .collect();
+        let slots = (0..policy.workers).map(|_| Slot::new()).collect();
         Machine {
             policy,
             next: None,
@@ -775,6 +799,7 @@ impl Machine {
                 phase: Phase::Spawning,
                 status: None,
                 errno: None,
+                drained_because: None,
             },
         );
         self.out.push(Action::Spawn {
@@ -858,10 +883,7 @@ impl Machine {
             let slot = self.workers[&id].slot;
             // Scaling up: the slot exists from its first worker's switch on.
             while self.slots.len() <= slot {
-                self.slots.push(Slot {
-                    occupant: Occupant::Vacant,
-                    crashes: 0,
-                });
+                self.slots.push(Slot::new());
             }
             // Replacing the occupant also cancels a restart pending for this slot.
             let old = std::mem::replace(&mut self.slots[slot].occupant, Occupant::Worker(id));
@@ -1281,6 +1303,7 @@ impl Machine {
             return;
         }
         w.phase = Phase::Draining { deadline };
+        w.drained_because = Some(why.to_string());
         if let Some(pid) = w.pid {
             self.out.push(Action::Signal { pid, signal });
         }
@@ -1377,13 +1400,18 @@ impl Machine {
             })
         };
         match w.phase {
-            Phase::Draining { .. } => self
-                .out
-                .push(log(Level::Info, format!("worker drained and {how}"))),
-            Phase::Killed => self.out.push(log(
-                Level::Warn,
-                format!("worker killed after the drain timeout ({how})"),
-            )),
+            Phase::Draining { .. } => {
+                self.record_exit(now, &w, status, ExitKind::Drained);
+                self.out
+                    .push(log(Level::Info, format!("worker drained and {how}")))
+            }
+            Phase::Killed => {
+                self.record_exit(now, &w, status, ExitKind::Killed);
+                self.out.push(log(
+                    Level::Warn,
+                    format!("worker killed after the drain timeout ({how})"),
+                ))
+            }
             Phase::Spawning | Phase::Starting { .. } | Phase::Ready { .. } => {
                 self.worker_died(now, id, &w, status)
             }
@@ -1426,7 +1454,11 @@ impl Machine {
         let healthy = up_past_ready.is_some_and(|d| d >= healthy_after(window));
         if let Some(ro) = self.rollover_of(id) {
             ro.pending.retain(|p| *p != id);
-            if ro.mode == Mode::Initial && in_window {
+            let initial = ro.mode == Mode::Initial;
+            // A new worker that exits unasked fails its rollover: a crash of the release,
+            // whatever its status (its slot's crash count is the serving worker's).
+            self.record_exit(now, w, status, ExitKind::Crash);
+            if initial && in_window {
                 self.fail_first_generation(now, reason, false);
             } else {
                 self.fail_rollover(now, reason, true);
@@ -1450,6 +1482,12 @@ impl Machine {
                     ExitStatus::Signal { signal, .. } => stop_signal(signal),
                     ExitStatus::Code(_) => false,
                 };
+            let kind = if stopped {
+                ExitKind::Stopped
+            } else {
+                ExitKind::Crash
+            };
+            self.record_exit(now, w, status, kind);
             self.out.push(Action::Log(Log {
                 level: if stopped { Level::Info } else { Level::Warn },
                 generation: Some(w.generation),
@@ -1466,6 +1504,25 @@ impl Machine {
             }));
             self.schedule_restart(now, slot, !stopped);
         }
+    }
+
+    /// Keeps how worker `w` ended as its slot's last exit (a slot a scale-down removed, or
+    /// one a rolled back scale-up never made, keeps nothing).
+    fn record_exit(&mut self, now: Instant, w: &Worker, status: ExitStatus, kind: ExitKind) {
+        let (Some(slot), Some(pid)) = (self.slots.get_mut(w.slot), w.pid) else {
+            return;
+        };
+        slot.last_exit = Some(LastExit {
+            pid,
+            generation: w.generation,
+            status,
+            kind,
+            drained_because: match kind {
+                ExitKind::Drained | ExitKind::Killed => w.drained_because.clone(),
+                _ => None,
+            },
+            at: now,
+        });
     }
 
     /// Starts a new worker in `slot` after a delay: [`RESTART_BASE`] doubling per consecutive
@@ -1509,6 +1566,7 @@ impl Machine {
         let id = self.next_worker;
         self.next_worker += 1;
         self.slots[slot].occupant = Occupant::Worker(id);
+        self.slots[slot].restarts += 1;
         self.workers.insert(
             id,
             Worker {
@@ -1519,6 +1577,7 @@ impl Machine {
                 phase: Phase::Spawning,
                 status: None,
                 errno: None,
+                drained_because: None,
             },
         );
         self.out.push(Action::Spawn {

@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use handoff_common::duration::human;
 use handoff_common::protocol::{
-    GenerationStatus, Outcome, RolloverStatus, SettingsStatus, SlotStatus, StabilizingStatus,
-    StatusReport, WorkerStatus,
+    GenerationStatus, Outcome, RolloverStatus, SettingsStatus, SlotExit, SlotStatus,
+    StabilizingStatus, StatusReport, WorkerStatus,
 };
 
 use super::{CRASH_LOOP, Machine, Occupant, Phase, Policy, RolloverPhase};
@@ -69,6 +69,10 @@ impl Machine {
                     state: w.phase.name().to_string(),
                     age_ms: ms(now.saturating_duration_since(w.started)),
                     status: w.status.clone(),
+                    // Sampled by the executor (the machine reads no /proc).
+                    rss_bytes: None,
+                    cpu_ms: None,
+                    processes: None,
                 })
             })
             .collect();
@@ -103,6 +107,15 @@ impl Machine {
                         Occupant::Restarting { at } => Some(ms(at.saturating_duration_since(now))),
                         _ => None,
                     },
+                    restarts: s.restarts,
+                    last_exit: s.last_exit.as_ref().map(|e| SlotExit {
+                        pid: e.pid,
+                        generation: e.generation,
+                        status: e.status.to_string(),
+                        kind: e.kind,
+                        drained_because: e.drained_because.clone(),
+                        ago_ms: ms(now.saturating_duration_since(e.at)),
+                    }),
                 })
                 .collect(),
             rolling_over_to: match &self.rollover {
@@ -125,6 +138,7 @@ impl Machine {
             config_file: None,
             config_differs: None,
             stabilizing: self.stabilizing(now),
+            status_line: Some(self.status_line()),
         }
     }
 
