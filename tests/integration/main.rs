@@ -10,5 +10,6 @@ mod operator;
 mod robustness;
 mod rollover;
 mod stability;
+mod status_usage;
 mod systemd_protocol;
 mod worker_contract;
