@@ -324,3 +324,105 @@ pub fn status(r: &StatusReport) -> String {
     }
     o
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit(status: &str, kind: ExitKind, why: Option<&str>) -> SlotExit {
+        SlotExit {
+            pid: 7,
+            generation: 1,
+            status: status.into(),
+            kind,
+            drained_because: why.map(Into::into),
+            ago_ms: 185_000,
+        }
+    }
+
+    #[test]
+    fn a_last_exit_reads_in_a_few_words() {
+        let cases = [
+            (
+                exit("exited with status 1", ExitKind::Crash, None),
+                "exit 1, crash, 3m05s ago",
+            ),
+            (
+                exit("was killed by SIGTERM", ExitKind::Stopped, None),
+                "SIGTERM, stopped from outside, 3m05s ago",
+            ),
+            (
+                exit("exited with status 0", ExitKind::Drained, Some("replaced")),
+                "drained (replaced), 3m05s ago",
+            ),
+            (
+                exit(
+                    "exited with status 2",
+                    ExitKind::Drained,
+                    Some("rolled back"),
+                ),
+                "exit 2, drained (rolled back), 3m05s ago",
+            ),
+            (
+                exit("was killed by SIGKILL", ExitKind::Killed, Some("replaced")),
+                "SIGKILL, killed at the drain timeout, 3m05s ago",
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(exit_words(&e), want);
+        }
+        // A drain reason comes from handoff, but status text is escaped all the same.
+        let e = exit("exited with status 0", ExitKind::Drained, Some("x\x1b[2J"));
+        assert!(!exit_words(&e).contains('\x1b'));
+    }
+
+    #[test]
+    fn cells_are_short() {
+        assert_eq!(short(850), "850ms");
+        assert_eq!(short(12_400), "12.4s");
+        assert_eq!(short(185_000), "3m05s");
+        assert_eq!(short(7_380_000), "2h03m");
+        assert_eq!(short(273_600_000), "3d04h");
+        assert_eq!(bytes(512 * 1024), "512K");
+        assert_eq!(bytes(85_144_371), "81.2M");
+        assert_eq!(bytes(3 * 1024 * 1024 * 1024), "3.00G");
+    }
+
+    #[test]
+    fn the_table_lines_up_with_a_row_per_worker() {
+        let w = |slot: usize, pid: i32, rss: Option<u64>| WorkerStatus {
+            slot,
+            generation: 3,
+            pid,
+            state: "ready".into(),
+            age_ms: 5000,
+            status: None,
+            rss_bytes: rss,
+            cpu_ms: rss.map(|_| 1200),
+            processes: rss.map(|_| 1),
+        };
+        let slots: Vec<SlotStatus> = (0..2)
+            .map(|slot| SlotStatus {
+                slot,
+                crashes: slot as u32,
+                restart_in_ms: None,
+                restarts: 10 * slot as u32,
+                last_exit: None,
+            })
+            .collect();
+        let mut o = String::new();
+        worker_table(
+            &mut o,
+            &[w(0, 4_000_001, Some(85_144_371)), w(1, 12, None)],
+            &slots,
+        );
+        let lines: Vec<&str> = o.lines().collect();
+        assert_eq!(lines.len(), 3, "{o}");
+        // Right-aligned numbers: the memory column ends at the same place on every line.
+        let end = |l: &str, cell: &str| l.find(cell).map(|i| i + cell.len());
+        assert_eq!(end(lines[0], "memory"), end(lines[1], "81.2M"), "{o}");
+        assert_eq!(end(lines[1], "4000001"), end(lines[2], " 12"), "{o}");
+        // An unreadable worker shows dashes, not zeros; restarts come from its slot.
+        assert!(lines[2].contains(" - ") && lines[2].contains(" 10 "), "{o}");
+    }
+}
