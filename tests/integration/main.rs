@@ -7,6 +7,7 @@ mod faults;
 mod harness;
 mod hostile;
 mod operator;
+mod pinned;
 mod robustness;
 mod rollover;
 mod stability;

@@ -33,7 +33,9 @@ cg_procs_file() { echo "/proc/$(sb_pid)/root/sys/fs/cgroup/system.slice/system-h
 units_rewrite() {
   local f
   mkdir -p "$2"
-  for f in "$1"/handoff@.socket "$1"/handoff@.service "$1"/handoff-trigger@.path "$1"/handoff-trigger@.service; do
+  for f in "$1"/handoff@.socket "$1"/handoff@.service "$1"/handoff-trigger@.path "$1"/handoff-trigger@.service \
+           "$1"/handoff-trigger-current@.path "$1"/handoff-trigger-current@.service; do
+    [ -e "$f" ] || continue   # a units dir from before the symlink-layout trigger
     sed "s#/usr/bin/#$H_BIN/#g; s#/etc/handoff/#$H_ETC/#g; s#/opt/#$H_OPT/#g" "$f" > "$2/$(basename "$f")"
   done
 }

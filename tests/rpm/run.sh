@@ -166,7 +166,7 @@ t_eval() {
   out=$(ev '%handoff_postun -e myapp'); rc=$?
   [ $rc != 0 ] && ok "%handoff_postun -e (no such option) fails" || bad "%handoff_postun -e: rc $rc, '$out'"
   # handoff.spec on EL: systemd-rpm-macros' definitions win over the spec's stand-ins
-  local units='handoff@.socket handoff@.service handoff-trigger@.path handoff-trigger@.service'
+  local units='handoff@.socket handoff@.service handoff-trigger@.path handoff-trigger@.service handoff-trigger-current@.path handoff-trigger-current@.service'
   out=$(rpmspec -P --define 'systemd_post() EL_POST %{?*}' --define 'systemd_preun() EL_PREUN %{?*}' \
         --define 'systemd_postun() EL_POSTUN %{?*}' --define 'systemd_requires Requires(post): el-systemd' \
         --define '_unitdir /usr/lib/systemd/EL' "$PKG/handoff.spec" 2>&1)
@@ -266,6 +266,7 @@ t_packages() {
               '-rwxr-xr-x root:root /usr/libexec/handoff/rpm-helper' \
               '-rw-r--r-- root:root /usr/lib/systemd/system/handoff@.socket' '-rw-r--r-- root:root /usr/lib/systemd/system/handoff@.service' \
               '-rw-r--r-- root:root /usr/lib/systemd/system/handoff-trigger@.path' '-rw-r--r-- root:root /usr/lib/systemd/system/handoff-trigger@.service' \
+              '-rw-r--r-- root:root /usr/lib/systemd/system/handoff-trigger-current@.path' '-rw-r--r-- root:root /usr/lib/systemd/system/handoff-trigger-current@.service' \
               '-rw-r--r-- root:root /usr/share/man/man1/handoff.1.gz' '-rw-r--r-- root:root /usr/share/man/man1/handoff-run.1.gz' \
               '-rw-r--r-- root:root /usr/share/man/man1/handoff-reload.1.gz' '-rw-r--r-- root:root /usr/share/man/man1/handoff-status.1.gz' \
               '-rw-r--r-- root:root /usr/share/man/man1/handoff-trigger.1.gz' \

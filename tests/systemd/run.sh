@@ -546,10 +546,12 @@ t_inject() {
 
 # issue 14: priorities and per-slot tags
 . "$here/journal.sh"
+# issue 12: pinned releases with the symlink layout; config reload
+. "$here/pinned.sh"
 
 # Which checks run, each once, in this order (all by default); CHECKS="t_activating" runs a
 # subset while developing one.
-CHECKS=${CHECKS:-t_sa t_status t_inject t_reloads t_broken t_trigger t_journal t_journal_priorities t_kill9 t_stop t_notify_reload t_multi t_activating}
+CHECKS=${CHECKS:-t_sa t_status t_inject t_reloads t_broken t_trigger t_journal t_journal_priorities t_kill9 t_stop t_notify_reload t_multi t_activating t_symlink_layout t_config_reload}
 for c in $CHECKS; do "$c"; done
 failed_units=$(sx systemctl --failed --no-legend --plain 2>/dev/null | grep -v '^handoff-trigger@demo.service' | grep . || true)
 [ -z "$failed_units" ] && ok "no unexpected failed units in the sandbox" || bad "failed units: $failed_units"

@@ -27,7 +27,8 @@ mkdir -p "$root/usr/bin" "$root/usr/lib/systemd" "$root/etc/systemd/system" "$ro
 cp -a "$sysunits" "$root/usr/lib/systemd/system"
 for b in handoff handoff-trigger; do printf '#!/bin/sh\nexit 0\n' > "$root/usr/bin/$b"; chmod 755 "$root/usr/bin/$b"; done
 cp "$units"/handoff@.socket "$units"/handoff@.service "$units"/handoff-trigger@.path \
-   "$units"/handoff-trigger@.service "$root/etc/systemd/system/"
+   "$units"/handoff-trigger@.service "$units"/handoff-trigger-current@.path \
+   "$units"/handoff-trigger-current@.service "$root/etc/systemd/system/"
 
 pass=0; fail=0
 ok() { echo "PASS: $*"; pass=$((pass+1)); }
@@ -41,7 +42,8 @@ verify() {
   [ $rc = 0 ] && [ -z "$out" ]
 }
 
-for u in handoff@verify.socket handoff@verify.service handoff-trigger@verify.path handoff-trigger@verify.service; do
+for u in handoff@verify.socket handoff@verify.service handoff-trigger@verify.path handoff-trigger@verify.service \
+         handoff-trigger-current@verify.path handoff-trigger-current@verify.service; do
   if out=$(verify "$u"); then ok "systemd-analyze verify $u"; else bad "systemd-analyze verify $u:"; echo "$out" | sed 's/^/    /'; fi
 done
 

@@ -132,6 +132,11 @@ pub struct WorkerStatus {
     /// Processes in the tree, the worker included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processes: Option<u32>,
+    /// Set when this worker was started after its generation's release files changed on
+    /// disk (an in-place install): it runs the files now on disk, not its generation's
+    /// release. Says which version those are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs_on_disk: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -139,6 +144,10 @@ pub struct GenerationStatus {
     pub number: u64,
     pub version: Option<VersionInfo>,
     pub age_ms: u64,
+    /// `working_directory` as resolved (realpath) when the generation started: the release
+    /// its workers, and every restart of them, run from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -230,6 +239,9 @@ pub struct SettingsStatus {
     /// The names `[environment]` sets (values are not shown: they may be secrets).
     #[serde(default)]
     pub environment: Vec<String>,
+    /// `working_directory` as configured (each generation pins its resolved target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_directory: Option<PathBuf>,
 }
 
 /// New workers all ready, in their stability window (`min_uptime`): the old generation still

@@ -11,6 +11,7 @@
 //! Test knobs: `EXAMPLE_CRASH_AT_START=1`, or `"crash_at_start": true` in the version file, makes
 //! it exit 1 before serving; `EXAMPLE_NEVER_READY=1` serves but never says READY=1;
 //! `EXAMPLE_STARTUP_MS=N` waits N ms before serving; `EXAMPLE_IGNORE_TERM=1` ignores SIGTERM.
+//! `EXAMPLE_SHOW_CWD=1` adds `cwd=DIR` (its working directory) to every answer.
 //! `EXAMPLE_CRASH_AFTER_READY_MS=N`, or `"crash_after_ready_ms": N` in the version file, makes
 //! it exit 1 N ms after `READY=1` (a release that crashes right after start; it stops accepting
 //! and finishes its requests first, so a test sees handoff's doing, not the requests it cut).
@@ -143,8 +144,16 @@ fn main() {
         open_conns: Mutex::new(0),
         all_closed: Condvar::new(),
         identity: format!(
-            "pid={} gen={generation} worker={worker} version={version}",
-            std::process::id()
+            "pid={} gen={generation} worker={worker} version={version}{}",
+            std::process::id(),
+            // Which release it runs (tests of pinned releases, tests/systemd t_symlink_layout).
+            if env_flag("EXAMPLE_SHOW_CWD") {
+                std::env::current_dir()
+                    .map(|d| format!(" cwd={}", d.display()))
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            }
         ),
     });
 

@@ -255,6 +255,10 @@ pub struct RunArgs {
     /// through RUNTIME_DIR/status.sock (mode 0660); the runtime dir becomes 0711.
     #[arg(long, value_name = "GROUP")]
     pub status_group: Option<String>,
+    /// The workers' working directory, resolved (realpath) when each generation starts: with
+    /// a `current` symlink, a generation and its restarts keep running the release it named.
+    #[arg(long, value_name = "DIR", value_parser = config::parse_working_directory)]
+    pub working_directory: Option<PathBuf>,
     /// The worker command, exec'd directly (no shell).
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -282,6 +286,7 @@ impl RunArgs {
             status_group: self.status_group.clone(),
             // The file only: a table does not fit a flag.
             environment: None,
+            working_directory: self.working_directory.clone(),
         }
     }
 }

@@ -69,6 +69,9 @@ pub struct Settings {
     pub status_group: Option<String>,
     /// Variables set for the workers on top of handoff's own environment (`[environment]`).
     pub environment: Vec<(String, String)>,
+    /// The workers' cwd, resolved (realpath) once per generation: a `current` symlink is
+    /// pinned to the release it pointed at when the generation started.
+    pub working_directory: Option<PathBuf>,
 }
 
 /// Every setting, each optional: what one source (file or command line) said.
@@ -92,6 +95,7 @@ pub struct Options {
     pub status_group: Option<String>,
     /// The file only: `[environment]`, sorted by name.
     pub environment: Option<Vec<(String, String)>>,
+    pub working_directory: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +144,7 @@ impl Options {
             group: over.group.or(self.group),
             status_group: over.status_group.or(self.status_group),
             environment: over.environment.or(self.environment),
+            working_directory: over.working_directory.or(self.working_directory),
         }
     }
 
@@ -171,6 +176,7 @@ impl Options {
             group: self.group,
             status_group: self.status_group.filter(|g| !g.is_empty()),
             environment: self.environment.unwrap_or_default(),
+            working_directory: self.working_directory,
         })
     }
 }
@@ -215,6 +221,19 @@ pub fn parse_ready(text: &str) -> Result<ReadyMode, String> {
             )),
         },
     }
+}
+
+/// `working_directory`: absolute, so what it names does not depend on handoff's own cwd (`/`
+/// under systemd, the shell's elsewhere). It need not exist yet: it is resolved when each
+/// generation starts, and a missing one fails that generation with its name.
+pub fn parse_working_directory(text: &str) -> Result<PathBuf, String> {
+    let p = Path::new(text);
+    if !p.is_absolute() {
+        return Err(format!(
+            "working directory {text:?} is not an absolute path: give it from /, e.g. /opt/app/current"
+        ));
+    }
+    Ok(p.to_path_buf())
 }
 
 /// `SIGTERM`, `TERM`, `sigterm` or `15`.
@@ -329,6 +348,7 @@ struct RawFile {
     group: Option<String>,
     status_group: Option<String>,
     environment: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    working_directory: Option<Spanned<String>>,
 }
 
 /// A number the file may (wrongly, but understandably) give as a string: `workers = "2"`.
@@ -528,6 +548,14 @@ pub fn parse_str(text: &str, file: &str) -> Result<Options, ConfigError> {
             ));
         }
         o.command = Some(c.get_ref().clone());
+    }
+    if let Some(v) = &raw.working_directory {
+        o.working_directory = Some(check(
+            &invalid,
+            "working_directory",
+            v,
+            parse_working_directory,
+        )?);
     }
     o.rolling = raw.rolling;
     o.control = raw.control;
@@ -755,6 +783,26 @@ group = "app"
     }
 
     #[test]
+    fn working_directory_is_absolute() {
+        let s = parse_str(
+            "command = [\"a\"]\nworking_directory = \"/opt/app/current\"\n",
+            "f",
+        )
+        .unwrap()
+        .settle()
+        .unwrap();
+        assert_eq!(
+            s.working_directory.as_deref(),
+            Some(Path::new("/opt/app/current"))
+        );
+        let e = err("\nworking_directory = \"opt/app\"\n");
+        assert!(
+            e.starts_with("app.toml:2: key `working_directory`: working directory \"opt/app\" is not an absolute path"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn missing_command_is_reported() {
         let e = parse_str("workers = 1", "f").unwrap().settle().unwrap_err();
         assert!(e.to_string().contains("no worker command"));
@@ -799,6 +847,7 @@ mod props {
         "command",
         "user",
         "group",
+        "working_directory",
         "bogus",
     ];
 

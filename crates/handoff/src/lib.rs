@@ -14,6 +14,7 @@
 //! - [`control`]: the control socket's server side (the wire types are in
 //!   `handoff_common::protocol`).
 //! - [`config`]: the TOML file and command-line settings; [`cli`]: the command line.
+//! - [`pinned`]: a generation's `working_directory`, resolved once (the `current` symlink layout).
 
 pub mod cli;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod guard;
 pub mod journal;
 pub mod listeners;
 pub mod notify;
+pub mod pinned;
 pub mod priority;
 pub mod render;
 pub mod spawn;

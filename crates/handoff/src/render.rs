@@ -166,7 +166,7 @@ pub fn status(r: &StatusReport) -> String {
     if let Some(st) = &r.settings {
         let _ = writeln!(
             o,
-            "settings in force: {} worker(s), {}; ready {} within {}; drain {} within {}{}{}{}",
+            "settings in force: {} worker(s), {}; ready {} within {}; drain {} within {}{}{}{}{}",
             st.workers,
             if st.rolling {
                 "rolling"
@@ -188,6 +188,10 @@ pub fn status(r: &StatusReport) -> String {
                 format!("; environment {}", printable(&st.environment.join(" ")))
             },
             format_args!("; command {}", printable(&st.command.join(" "))),
+            st.working_directory
+                .as_ref()
+                .map(|d| format!(" in {}", printable(&d.display().to_string())))
+                .unwrap_or_default(),
         );
     }
     if let (Some(f), Some(d)) = (&r.config_file, &r.config_differs) {
@@ -222,15 +226,26 @@ pub fn status(r: &StatusReport) -> String {
             },
             None => String::new(),
         };
+        let release = g
+            .release_dir
+            .as_ref()
+            .map(|d| format!("; release {}", printable(&d.display().to_string())))
+            .unwrap_or_default();
         let _ = writeln!(
             o,
-            "generation {}{tag}: started {} ago{version}",
+            "generation {}{tag}: started {} ago{version}{release}",
             g.number,
             ago(g.age_ms)
         );
     }
     if !r.workers.is_empty() {
         worker_table(&mut o, &r.workers, &r.slots);
+        for w in &r.workers {
+            if let Some(note) = &w.runs_on_disk {
+                // Under the table: a sentence, too long for a cell.
+                let _ = writeln!(o, "  worker {} {}", w.slot, printable(note));
+            }
+        }
     }
     for s in r
         .slots
@@ -400,6 +415,7 @@ mod tests {
             rss_bytes: rss,
             cpu_ms: rss.map(|_| 1200),
             processes: rss.map(|_| 1),
+            runs_on_disk: None,
         };
         let slots: Vec<SlotStatus> = (0..2)
             .map(|slot| SlotStatus {

@@ -39,6 +39,8 @@ pub struct WorkerSpec<'a> {
     /// The `RLIMIT_NOFILE` handoff was started with: handoff raises its own soft limit, and
     /// workers get the original back (a soft limit above 1024 breaks `select()` users).
     pub nofile: Option<(u64, u64)>,
+    /// The worker's cwd (a generation's pinned release dir); `None`: handoff's own.
+    pub cwd: Option<&'a Path>,
 }
 
 /// Who workers run as, resolved once at start (name lookups are not fork-safe).
@@ -169,6 +171,10 @@ const JOURNAL_STREAM_PREFIX: &[u8] = b"JOURNAL_STREAM=";
 pub fn spawn_worker(spec: &WorkerSpec) -> io::Result<Pid> {
     // ---- everything allocated before clone: the child must not allocate ----
     let program = cstring(spec.program.as_os_str().as_bytes())?;
+    let cwd = spec
+        .cwd
+        .map(|d| cstring(d.as_os_str().as_bytes()))
+        .transpose()?;
     let args: Vec<CString> = spec
         .args
         .iter()
@@ -216,6 +222,7 @@ pub fn spawn_worker(spec: &WorkerSpec) -> io::Result<Pid> {
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let child_args = ChildArgs {
         program: program.as_ptr(),
+        cwd: cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
         sources: &sources,
@@ -258,6 +265,16 @@ pub fn spawn_worker(spec: &WorkerSpec) -> io::Result<Pid> {
     }
     let _ = nix::sys::wait::waitpid(child, None);
     let errno = i32::from_ne_bytes(buf);
+    if errno & CHDIR_FAILED != 0 {
+        let err = io::Error::from_raw_os_error(errno & !CHDIR_FAILED);
+        return Err(io::Error::new(
+            err.kind(),
+            format!(
+                "cannot enter the working directory {}: {err}",
+                spec.cwd.unwrap_or(Path::new("?")).display()
+            ),
+        ));
+    }
     let err = io::Error::from_raw_os_error(errno);
     Err(io::Error::new(
         err.kind(),
@@ -269,6 +286,8 @@ pub fn spawn_worker(spec: &WorkerSpec) -> io::Result<Pid> {
 /// (CLONE_VM) and must not allocate, so it only follows these pointers.
 struct ChildArgs<'a> {
     program: *const libc::c_char,
+    /// NUL-terminated cwd, or null to keep handoff's.
+    cwd: *const libc::c_char,
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
     sources: &'a [RawFd],
@@ -446,6 +465,11 @@ unsafe fn child_exec(a: &ChildArgs) -> ! {
                 child_fail(a.err_w);
             }
         }
+        // As the worker's user (after the credentials): a release dir that user may not enter
+        // fails here, with its name, not later inside the app.
+        if !a.cwd.is_null() && libc::syscall(libc::SYS_chdir, a.cwd as libc::c_long) != 0 {
+            child_fail_flagged(a.err_w, CHDIR_FAILED);
+        }
         // After the credentials: the kernel clears the parent-death signal when a process's
         // uid or gid changes.
         libc::syscall(
@@ -569,9 +593,18 @@ unsafe fn connect_journal(j: &JournalStream, env_slot: *mut u8) {
 
 /// Reports errno over the pipe and exits; async-signal-safe.
 unsafe fn child_fail(err_fd: RawFd) -> ! {
+    // SAFETY: see child_fail_flagged.
+    unsafe { child_fail_flagged(err_fd, 0) }
+}
+
+/// Marks an errno the child reports as chdir's (errno values are far below this bit).
+const CHDIR_FAILED: i32 = 1 << 30;
+
+/// [`child_fail`] with `flag` or'ed into the errno, so the parent can say which step failed.
+unsafe fn child_fail_flagged(err_fd: RawFd, flag: i32) -> ! {
     // SAFETY: errno location, write and _exit are async-signal-safe; buf lives on our stack.
     unsafe {
-        let e = *libc::__errno_location();
+        let e = *libc::__errno_location() | flag;
         let buf = e.to_ne_bytes();
         libc::write(err_fd, buf.as_ptr() as *const libc::c_void, 4);
         libc::_exit(127)
@@ -654,8 +687,30 @@ mod tests {
             credentials: None,
             journal: None,
             nofile: None,
+            cwd: None,
         };
         let err = spawn_worker(&spec).unwrap_err();
         assert!(err.to_string().contains("cannot execute"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_working_directory_is_named() {
+        let spec = WorkerSpec {
+            program: Path::new("/bin/true"),
+            args: &["true".to_string()],
+            env: &[],
+            listeners: &[],
+            parent_death_signal: Signal::SIGTERM,
+            credentials: None,
+            journal: None,
+            nofile: None,
+            cwd: Some(Path::new("/nonexistent/release/7")),
+        };
+        let err = spawn_worker(&spec).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "cannot enter the working directory /nonexistent/release/7: No such file or \
+             directory (os error 2)"
+        );
     }
 }

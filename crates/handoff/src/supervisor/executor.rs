@@ -34,6 +34,7 @@ use crate::control::{self, Command};
 use crate::journal::{self, JournalStream};
 use crate::listeners;
 use crate::notify::{NotifySocket, Received};
+use crate::pinned;
 use crate::spawn::{self, Credentials, WorkerSpec};
 
 /// How long reading the version file may take (it lives on the app's disk, maybe NFS).
@@ -51,7 +52,9 @@ struct Executor {
     /// Inputs waiting for the machine: results of actions, and events of this loop turn.
     queue: VecDeque<Input>,
     notify_tx: mpsc::Sender<(WorkerId, Received)>,
-    version_tx: mpsc::Sender<VersionInfo>,
+    /// Answers read off the loop: [`Input::Version`], [`Input::Prepared`],
+    /// [`Input::RunsOnDisk`].
+    version_tx: mpsc::Sender<Input>,
     notify: HashMap<WorkerId, NotifyChannel>,
     waiters: HashMap<WaiterId, oneshot::Sender<ReloadReply>>,
     next_waiter: WaiterId,
@@ -172,7 +175,7 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
             biased;
             _ = sigchld.recv() => ex.reap(),
             Some((worker, received)) = notify_rx.recv() => ex.on_datagram(worker, received),
-            Some(version) = version_rx.recv() => ex.queue.push_back(Input::Version(version)),
+            Some(input) = version_rx.recv() => ex.queue.push_back(input),
             Some(cmd) = control_rx.recv() => ex.on_command(cmd),
             _ = sighup.recv() => {
                 info!("SIGHUP: rollover requested");
@@ -251,6 +254,7 @@ impl Executor {
                         if let Some(g) = &mut self.rt.guard {
                             g.watch(pid);
                         }
+                        self.check_on_disk(worker, generation);
                         Input::Spawned { worker, pid }
                     }
                     Err(SpawnError { error, ours }) => Input::SpawnFailed {
@@ -307,24 +311,80 @@ impl Executor {
         self.queue.push_back(Input::Tick);
     }
 
+    /// Prepares the next generation: resolves its `working_directory` (when it has one),
+    /// then reads the version file through the resolved dir, so the version it is labelled
+    /// with is the release it runs even if `current` is switched meanwhile.
     fn read_version(&mut self) {
-        let Some(path) = self.rt.settings.version_file.clone() else {
+        let file = self.rt.settings.version_file.clone();
+        let working_directory = self
+            .machine
+            .preparing()
+            .and_then(|p| p.working_directory.clone());
+        if file.is_none() && working_directory.is_none() {
+            return;
+        }
+        let tx = self.version_tx.clone();
+        // Off the loop: the file and the symlinks belong to the release and may be slow
+        // (NFS) or hostile.
+        tokio::spawn(async move {
+            let (f, w) = (file.clone(), working_directory.clone());
+            let read = tokio::task::spawn_blocking(move || {
+                let release = w.as_deref().map(pinned::resolve);
+                let version = f.map(|f| match (&w, &release) {
+                    (Some(w), Some(Ok(dir))) => release::version_info(&pinned::pin(&f, w, dir)),
+                    _ => release::version_info(&f),
+                });
+                (version, release)
+            });
+            let (version, release) = match tokio::time::timeout(VERSION_READ_TIMEOUT, read).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    let why = e.to_string();
+                    (
+                        file.as_deref().map(|f| unreadable(f, &why)),
+                        working_directory
+                            .as_ref()
+                            .map(|w| Err(format!("working_directory {}: {why}", w.display()))),
+                    )
+                }
+                Err(_) => {
+                    let why = format!("no answer within {} s", VERSION_READ_TIMEOUT.as_secs());
+                    (
+                        file.as_deref().map(|f| unreadable(f, &why)),
+                        working_directory
+                            .as_ref()
+                            .map(|w| Err(format!("working_directory {}: {why}", w.display()))),
+                    )
+                }
+            };
+            let input = match (release, version) {
+                (Some(release), version) => Input::Prepared { version, release },
+                (None, Some(version)) => Input::Version(version),
+                (None, None) => return,
+            };
+            let _ = tx.send(input).await;
+        });
+    }
+
+    /// After a worker of `generation` started: if the generation's version file now holds
+    /// something else (an in-place install overwrote the release), tell the machine, which
+    /// says so in the journal and in status. Off the loop, like every read of a release.
+    fn check_on_disk(&self, worker: WorkerId, generation: u64) {
+        let Some(then) = self.machine.version_of(generation).cloned() else {
             return;
         };
+        if then.error.is_some() {
+            return;
+        }
         let tx = self.version_tx.clone();
-        // Off the loop: the file belongs to the release and may be slow (NFS) or hostile.
         tokio::spawn(async move {
-            let p = path.clone();
+            let p = then.path.clone();
             let read = tokio::task::spawn_blocking(move || release::version_info(&p));
-            let info = match tokio::time::timeout(VERSION_READ_TIMEOUT, read).await {
-                Ok(Ok(info)) => info,
-                Ok(Err(e)) => unreadable(&path, &e.to_string()),
-                Err(_) => unreadable(
-                    &path,
-                    &format!("no answer within {} s", VERSION_READ_TIMEOUT.as_secs()),
-                ),
-            };
-            let _ = tx.send(info).await;
+            if let Ok(Ok(now)) = tokio::time::timeout(VERSION_READ_TIMEOUT, read).await
+                && let Some(note) = pinned::on_disk_note(generation, &then, &now)
+            {
+                let _ = tx.send(Input::RunsOnDisk { worker, note }).await;
+            }
         });
     }
 
@@ -565,7 +625,23 @@ impl Executor {
     /// Starts one worker: its notify socket, its environment, fork/exec. Returns its pid.
     fn spawn(&mut self, worker: WorkerId, slot: usize, generation: u64) -> Result<i32, SpawnError> {
         // Its generation's settings: a restart in an old generation runs the old command.
-        let settings = self.machine.settings_of(generation).clone();
+        let mut settings = self.machine.settings_of(generation).clone();
+        // The release the generation pinned when it started, for this worker too (a restart
+        // after a crash runs the generation's release, not what `current` names now).
+        let cwd = match self.machine.release_of(generation) {
+            None => None,
+            Some(Err(e)) => return Err(SpawnError::release(e)),
+            Some(Ok(dir)) => {
+                let wd = settings.working_directory.as_deref();
+                if let Some(e) = pinned::gone(dir, generation, wd) {
+                    return Err(SpawnError::release(e));
+                }
+                if let Some(wd) = wd {
+                    settings.command = pinned::command(&settings.command, wd, dir);
+                }
+                Some(dir.clone())
+            }
+        };
         let name = &settings.command[0];
         let program = match &self.program {
             Some((n, p)) if n == name => p.clone(),
@@ -609,6 +685,12 @@ impl Executor {
             journal: journal.is_some(),
         }
         .build();
+        let mut env = env;
+        if let Some(dir) = &cwd {
+            // Shells and some runtimes take the cwd from $PWD: make it the pinned release.
+            env.retain(|(k, _)| k != "PWD");
+            env.push(("PWD".into(), dir.into()));
+        }
         let fds: Vec<_> = self.rt.listeners.iter().map(|l| l.fd()).collect();
         let spec = WorkerSpec {
             program: &program,
@@ -619,6 +701,7 @@ impl Executor {
             credentials,
             journal: journal.as_ref(),
             nofile: self.rt.nofile,
+            cwd: cwd.as_deref(),
         };
         let pid = spawn::spawn_worker(&spec).map_err(|e| {
             // Out of fds, memory or processes: handoff's own trouble, not the release's.

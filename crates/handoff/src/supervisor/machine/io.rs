@@ -2,6 +2,7 @@
 //! settings its decisions depend on ([`Policy`]).
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use handoff_common::protocol::{ReloadReply, VersionInfo};
@@ -39,6 +40,9 @@ pub struct Policy {
     pub group: Option<String>,
     /// `user` / `group` as resolved when the settings were read.
     pub credentials: Option<Credentials>,
+    /// `working_directory` as configured; each generation resolves it once when it starts
+    /// ([`Input::Prepared`]) and runs from that target.
+    pub working_directory: Option<PathBuf>,
 }
 
 impl Policy {
@@ -58,6 +62,7 @@ impl Policy {
             user: s.user.clone(),
             group: s.group.clone(),
             credentials,
+            working_directory: s.working_directory.clone(),
         }
     }
 
@@ -80,6 +85,10 @@ impl Policy {
         differ("min_uptime", self.min_uptime != other.min_uptime);
         differ("user", self.user != other.user);
         differ("group", self.group != other.group);
+        differ(
+            "working_directory",
+            self.working_directory != other.working_directory,
+        );
         out
     }
 }
@@ -135,6 +144,16 @@ pub enum Input {
     },
     /// The answer to [`Action::ReadVersion`].
     Version(VersionInfo),
+    /// The answer to [`Action::ReadVersion`] when the new generation has a
+    /// `working_directory`: the directory resolved first (realpath, or why it could not be),
+    /// then the version file read through it, so both name the same release.
+    Prepared {
+        version: Option<VersionInfo>,
+        release: Result<PathBuf, String>,
+    },
+    /// A worker was started after its generation's version file changed on disk (an
+    /// in-place install): `note` says which files it runs.
+    RunsOnDisk { worker: WorkerId, note: String },
     /// The answer to [`Action::Spawn`]: the worker runs (its exec succeeded).
     Spawned { worker: WorkerId, pid: i32 },
     /// The answer to [`Action::Spawn`]: no process. `ours`: handoff itself lacked a
@@ -192,7 +211,8 @@ pub struct Log {
 /// Something to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Read the version file; answer with [`Input::Version`].
+    /// Resolve the new generation's `working_directory` (if any), then read the version file
+    /// (if any); answer with [`Input::Prepared`] or [`Input::Version`].
     ReadVersion,
     /// Start a worker; answer with [`Input::Spawned`] or [`Input::SpawnFailed`].
     Spawn {

@@ -29,6 +29,7 @@
 //! ("partial").
 
 use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use handoff_common::duration::human;
@@ -115,6 +116,8 @@ struct Worker {
     errno: Option<i32>,
     /// Why handoff asked it to drain (for its slot's last exit in status).
     drained_because: Option<String>,
+    /// Started after its generation's version file changed on disk: what it runs instead.
+    runs_on_disk: Option<String>,
 }
 
 impl Worker {
@@ -258,6 +261,9 @@ struct Generation {
     started: Instant,
     version: Option<VersionInfo>,
     policy: Policy,
+    /// Its `working_directory` resolved when it started (or why that failed): every worker
+    /// of this generation, restarts included, runs from there. `None`: no working directory.
+    release: Option<Result<PathBuf, String>>,
 }
 
 /// The release a rolled back generation started from: `--if-changed` won't try it again.
@@ -377,7 +383,9 @@ impl Machine {
                 },
                 workers,
             ),
-            Input::Version(v) => self.on_version(now, v),
+            Input::Version(v) => self.on_version(now, Some(v), None),
+            Input::Prepared { version, release } => self.on_version(now, version, Some(release)),
+            Input::RunsOnDisk { worker, note } => self.on_runs_on_disk(worker, note),
             Input::Spawned { worker, pid } => self.on_spawned(now, worker, pid),
             Input::SpawnFailed {
                 worker,
@@ -608,22 +616,73 @@ impl Machine {
             initial,
             settings,
         };
-        if self.policy.version_file {
+        let pinned = match &self.rollover {
+            RolloverPhase::Preparing { settings, .. } => settings.working_directory.is_some(),
+            _ => false,
+        };
+        if self.policy.version_file || pinned {
             self.out.push(Action::ReadVersion);
         } else {
-            self.start_rollover(now, None);
+            self.start_rollover(now, None, None);
         }
     }
 
-    fn on_version(&mut self, now: Instant, version: VersionInfo) {
+    fn on_version(
+        &mut self,
+        now: Instant,
+        version: Option<VersionInfo>,
+        release: Option<Result<PathBuf, String>>,
+    ) {
         if matches!(self.rollover, RolloverPhase::Preparing { .. }) {
-            self.start_rollover(now, Some(version));
+            self.start_rollover(now, version, release);
         }
+    }
+
+    /// The settings of the rollover waiting for [`Input::Prepared`] (the executor resolves
+    /// their `working_directory`).
+    pub fn preparing(&self) -> Option<&Policy> {
+        match &self.rollover {
+            RolloverPhase::Preparing { settings, .. } => Some(settings),
+            _ => None,
+        }
+    }
+
+    /// The release dir `generation` pinned when it started: `Some(Ok)` to run its workers
+    /// from, `Some(Err)` why it could not be resolved, `None` without `working_directory`.
+    pub fn release_of(&self, generation: u64) -> Option<&Result<PathBuf, String>> {
+        self.generations.get(&generation)?.release.as_ref()
+    }
+
+    /// The version file `generation` started from, as read then.
+    pub fn version_of(&self, generation: u64) -> Option<&VersionInfo> {
+        self.generations.get(&generation)?.version.as_ref()
+    }
+
+    /// A worker runs files other than its generation's release (an in-place install changed
+    /// them after the generation started): say so once, and keep it for `handoff status`.
+    fn on_runs_on_disk(&mut self, id: WorkerId, note: String) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        w.runs_on_disk = Some(note.clone());
+        let (generation, slot, pid) = (w.generation, w.slot, w.pid);
+        self.out.push(Action::Log(Log {
+            level: Level::Warn,
+            generation: Some(generation),
+            slot: Some(slot),
+            pid,
+            message: format!("worker {slot} {note}"),
+        }));
     }
 
     /// Settles the `--if-changed` callers against `version`, then starts the rollover for the
     /// rest (if any are left).
-    fn start_rollover(&mut self, now: Instant, version: Option<VersionInfo>) {
+    fn start_rollover(
+        &mut self,
+        now: Instant,
+        version: Option<VersionInfo>,
+        release: Option<Result<PathBuf, String>>,
+    ) {
         let RolloverPhase::Preparing {
             waiters,
             initial,
@@ -662,6 +721,14 @@ impl Machine {
             .as_ref()
             .and_then(|v| v.version.clone())
             .unwrap_or_else(|| "-".into());
+        let from = match &release {
+            Some(Ok(dir)) => format!(", from {}", dir.display()),
+            Some(Err(e)) => {
+                self.log(Level::Error, Some(generation), e.clone());
+                String::new()
+            }
+            None => String::new(),
+        };
         if !initial && !changes.is_empty() {
             self.log(
                 Level::Info,
@@ -677,6 +744,7 @@ impl Machine {
                 started: now,
                 version,
                 policy: settings,
+                release,
             },
         );
         let mode = if initial {
@@ -690,7 +758,7 @@ impl Machine {
             Level::Info,
             Some(generation),
             format!(
-                "{} (version {label}, {})",
+                "{} (version {label}{from}, {})",
                 if initial {
                     "starting the first generation"
                 } else {
@@ -800,6 +868,7 @@ impl Machine {
                 status: None,
                 errno: None,
                 drained_because: None,
+                runs_on_disk: None,
             },
         );
         self.out.push(Action::Spawn {
@@ -1578,6 +1647,7 @@ impl Machine {
                 status: None,
                 errno: None,
                 drained_because: None,
+                runs_on_disk: None,
             },
         );
         self.out.push(Action::Spawn {

@@ -37,6 +37,7 @@ pub fn settings_status(p: &Policy) -> SettingsStatus {
         user: p.user.clone(),
         group: p.group.clone(),
         environment: p.environment.iter().map(|(k, _)| k.clone()).collect(),
+        working_directory: p.working_directory.clone(),
     }
 }
 
@@ -73,6 +74,7 @@ impl Machine {
                     rss_bytes: None,
                     cpu_ms: None,
                     processes: None,
+                    runs_on_disk: w.runs_on_disk.clone(),
                 })
             })
             .collect();
@@ -85,6 +87,7 @@ impl Machine {
                 number: *n,
                 version: g.version.clone(),
                 age_ms: ms(now.saturating_duration_since(g.started)),
+                release_dir: g.release.as_ref().and_then(|r| r.as_ref().ok()).cloned(),
             })
             .collect();
         StatusReport {

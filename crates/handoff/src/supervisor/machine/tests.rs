@@ -5,6 +5,8 @@ use super::*;
 
 /// Config reload and the stability window together.
 mod combo;
+/// Each generation pins the release its `working_directory` named when it started.
+mod pinned;
 /// Reloads that bring settings (a re-read config file) and `scale`.
 mod settings;
 
@@ -27,6 +29,7 @@ fn policy(workers: usize) -> Policy {
         user: None,
         group: None,
         credentials: None,
+        working_directory: None,
     }
 }
 
@@ -41,6 +44,8 @@ struct Harness {
     fail_spawn: Option<usize>,
     /// ...and whether handoff (not the release) is to blame.
     fail_ours: bool,
+    /// What a generation's `working_directory` resolves to when it starts.
+    resolves_to: Result<std::path::PathBuf, String>,
 }
 
 /// `policy(workers)` with a 1 s stability window.
@@ -73,6 +78,7 @@ impl Harness {
             version: version("1.0.0"),
             fail_spawn: None,
             fail_ours: false,
+            resolves_to: Ok("/opt/app/releases/1".into()),
         }
     }
 
@@ -100,7 +106,15 @@ impl Harness {
                             });
                         }
                     }
-                    Action::ReadVersion => queue.push_back(Input::Version(self.version.clone())),
+                    Action::ReadVersion => queue.push_back(
+                        match self.m.preparing().and_then(|p| p.working_directory.clone()) {
+                            Some(_) => Input::Prepared {
+                                version: Some(self.version.clone()),
+                                release: self.resolves_to.clone(),
+                            },
+                            None => Input::Version(self.version.clone()),
+                        },
+                    ),
                     _ => {}
                 }
                 all.push(a);
