@@ -12,5 +12,6 @@ mod pinned;
 mod robustness;
 mod rollover;
 mod stability;
+mod status_usage;
 mod systemd_protocol;
 mod worker_contract;

@@ -32,7 +32,8 @@ pub enum Cmd {
     Load(LoadCmd),
     /// Every contender, same worker, same load, K rollovers each: one table and a plot.
     Compare(CompareCmd),
-    /// Supervisor cost: handoff's RSS, idle wakeups and CPU time per rollover.
+    /// Supervisor cost: handoff's RSS, idle wakeups, CPU time per rollover and per `handoff
+    /// status` (which samples every worker's process tree).
     Cost(CostCmd),
     /// Rollover time with 1, 8, 64 workers and 1, 16 sockets.
     Scale(ScaleCmd),
@@ -135,6 +136,9 @@ pub struct CostOpts {
     /// Rollovers over which CPU time is averaged.
     #[arg(long, default_value_t = 200)]
     pub cost_rollovers: usize,
+    /// `handoff status` requests over which its cost is averaged.
+    #[arg(long, default_value_t = 200)]
+    pub status_requests: usize,
 }
 
 #[derive(Debug, Args)]
@@ -245,6 +249,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             let ctx = Ctx::new(&c.common)?;
             let rows = run_cost(&ctx, &c.opts)?;
             println!("{}", cost::cost_table(&rows));
+            println!("{}", cost::status_table(&rows));
             Ok(0)
         }
         Cmd::Scale(c) => {
@@ -486,6 +491,7 @@ fn run_cost(ctx: &Ctx, o: &CostOpts) -> Result<Vec<cost::CostResult>> {
         ],
         Duration::from_secs(o.idle_secs),
         o.cost_rollovers,
+        o.status_requests,
         port,
     )
 }
@@ -565,7 +571,7 @@ fn all_cmd(c: AllCmd) -> Result<i32> {
     let scale_rows = run_scale(&ctx, &c.scale)?;
     let plan = plan(&c.common, &c.compare)?;
     let report = format!(
-        "# handoff-bench report\n\n{}- took: {:.0} s\n- load: {} new-connection + {} keep-alive closed-loop clients, each at most one request per {} µs; request timeout {} ms; `GET /` answered by the worker\n- per contender: {:.1} s warm-up (not counted), {} s steady, then up to {} rollovers ({} for start_server, PM2 and the Node.js rows) {} ms apart, at most {} s of rollovers\n\n## Comparison\n\n{}\n## Supervisor cost (handoff, no load)\n\n{}\n## Scale (handoff, whole generation, no load)\n\n{}",
+        "# handoff-bench report\n\n{}- took: {:.0} s\n- load: {} new-connection + {} keep-alive closed-loop clients, each at most one request per {} µs; request timeout {} ms; `GET /` answered by the worker\n- per contender: {:.1} s warm-up (not counted), {} s steady, then up to {} rollovers ({} for start_server, PM2 and the Node.js rows) {} ms apart, at most {} s of rollovers\n\n## Comparison\n\n{}\n## Supervisor cost (handoff, no load)\n\n{}\n### One `handoff status`\n\n{}\n## Scale (handoff, whole generation, no load)\n\n{}",
         header(&ctx),
         t.elapsed().as_secs_f64(),
         plan.new_conn_clients,
@@ -580,6 +586,7 @@ fn all_cmd(c: AllCmd) -> Result<i32> {
         plan.budget.as_secs(),
         compare_section(&results),
         cost::cost_table(&cost_rows),
+        cost::status_table(&cost_rows),
         cost::scale_table(&scale_rows),
     );
     std::fs::write(ctx.out.join("report.md"), &report)?;

@@ -298,9 +298,24 @@ impl Handoff {
         }
     }
 
-    /// Pids of every worker handoff has now.
+    /// Pids of every worker handoff has now: its children but the guard, from /proc. Not
+    /// through `handoff status`, which samples every worker's process tree: asking it before
+    /// each rollover put a status request's cost into the CPU per rollover.
     pub fn worker_pids(&self) -> Result<Vec<i32>> {
-        Ok(self.status()?.workers.iter().map(|w| w.pid).collect())
+        let pid = self.supervisor_pid().context("handoff is not running")?;
+        let mut out = Vec::new();
+        for t in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+            let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            out.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                    .filter(|p| {
+                        std::fs::read_to_string(format!("/proc/{p}/comm"))
+                            .is_ok_and(|c| c.trim() != "handoff-guard")
+                    }),
+            );
+        }
+        Ok(out)
     }
 
     /// Sends a reload and waits for its answer; returns handoff's own `duration_ms`.

@@ -32,6 +32,19 @@ pub struct CostResult {
     pub cpu_ms_per_rollover: f64,
     /// From /proc/PID/task/*/schedstat (nanoseconds).
     pub cpu_ms_per_rollover_precise: f64,
+    /// `handoff status` requests made one after the other (each samples every worker's
+    /// process tree from /proc).
+    pub status_requests: usize,
+    /// handoff's CPU per status request, from schedstat (ms).
+    pub status_cpu_ms: f64,
+    /// Wall time of one status request at the client (connect, ask, read the answer): ms.
+    pub status_wall_ms: Vec<f64>,
+    /// Processes on the machine while the status requests ran (each sample reads them all).
+    pub host_processes: usize,
+    /// Context switches over a second idle period, after the status requests: status must
+    /// leave nothing behind that wakes up.
+    pub idle_after_status_context_switches: u64,
+    pub idle_after_status_seconds: f64,
 }
 
 /// Worker health options a cost row runs with.
@@ -63,6 +76,7 @@ pub fn cost(
     worker_counts: &[(usize, Health)],
     idle: Duration,
     rollovers: usize,
+    status_requests: usize,
     port: u16,
 ) -> Result<Vec<CostResult>> {
     let mut out = Vec::new();
@@ -106,6 +120,34 @@ pub fn cost(
         let idle_cpu1 = procfs::cpu_seconds_precise(pid)?;
         let idle_seconds = t.elapsed().as_secs_f64();
         let threads = procfs::thread_count(pid)?;
+        // `handoff status`, one request after the other, each from an idle supervisor (a
+        // person or a monitoring check asks now and then, not back to back).
+        let host_processes = std::fs::read_dir("/proc")?
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.parse::<u32>().is_ok())
+            })
+            .count();
+        let mut status_wall_ms = Vec::with_capacity(status_requests);
+        let mut status_cpu = 0.0;
+        for _ in 0..status_requests {
+            std::thread::sleep(Duration::from_millis(5));
+            let c = procfs::cpu_seconds_precise(pid)?;
+            let t = Instant::now();
+            let st = h.status()?;
+            status_wall_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            status_cpu += procfs::cpu_seconds_precise(pid)? - c;
+            anyhow::ensure!(st.workers.len() == workers, "status lists every worker");
+        }
+        // Nothing may keep running after a status: idle again, counted again.
+        std::thread::sleep(Duration::from_millis(500));
+        let cs2 = procfs::context_switches(pid)?;
+        let t = Instant::now();
+        std::thread::sleep(idle);
+        let cs3 = procfs::context_switches(pid)?;
+        let idle_after_status_seconds = t.elapsed().as_secs_f64();
         let (c0, p0) = (procfs::cpu_seconds(pid)?, procfs::cpu_seconds_precise(pid)?);
         for _ in 0..rollovers {
             // Rollovers are rare events: each one starts from an idle supervisor (as in the
@@ -133,6 +175,12 @@ pub fn cost(
             rollovers,
             cpu_ms_per_rollover: (c1 - c0) * 1000.0 / rollovers as f64,
             cpu_ms_per_rollover_precise: (p1 - p0) * 1000.0 / rollovers as f64,
+            status_requests,
+            status_cpu_ms: status_cpu * 1000.0 / status_requests.max(1) as f64,
+            status_wall_ms,
+            host_processes,
+            idle_after_status_context_switches: cs3 - cs2,
+            idle_after_status_seconds,
         };
         eprintln!(
             "   RSS {:.2} MiB (after {} rollovers {:.2} MiB), {} idle wakeups in {:.1} s, CPU {:.2} ms per rollover",
@@ -142,6 +190,13 @@ pub fn cost(
             r.idle_context_switches,
             r.idle_seconds,
             r.cpu_ms_per_rollover_precise
+        );
+        eprintln!(
+            "   status: {:.3} ms CPU of handoff, {:.2} ms wall (median) per request; {} idle wakeups in {:.1} s after them",
+            r.status_cpu_ms,
+            median_f64(&r.status_wall_ms).unwrap_or(f64::NAN),
+            r.idle_after_status_context_switches,
+            r.idle_after_status_seconds
         );
         out.push(r);
     }
@@ -172,6 +227,36 @@ pub fn cost_table(rows: &[CostResult]) -> String {
             r.idle_cpu_ms_per_s,
             r.cpu_ms_per_rollover,
             r.cpu_ms_per_rollover_precise
+        ));
+    }
+    s
+}
+
+/// What one `handoff status` costs, per worker count.
+pub fn status_table(rows: &[CostResult]) -> String {
+    let p = |v: &[f64], q: f64| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        quantile(&v, q)
+            .map(|x| format!("{x:.2}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut s = String::from(
+        "| workers | status requests | processes on the host | handoff CPU per status, schedstat (ms) | wall time per status, client (median / p99 / max ms) | idle wakeups / s after them |\n|--:|--:|--:|--:|--:|--:|\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {} | {} | {:.3} | {} / {} / {} | {:.2} ({} in {:.1} s) |\n",
+            r.workers,
+            r.status_requests,
+            r.host_processes,
+            r.status_cpu_ms,
+            p(&r.status_wall_ms, 0.5),
+            p(&r.status_wall_ms, 0.99),
+            p(&r.status_wall_ms, 1.0),
+            r.idle_after_status_context_switches as f64 / r.idle_after_status_seconds,
+            r.idle_after_status_context_switches,
+            r.idle_after_status_seconds
         ));
     }
     s

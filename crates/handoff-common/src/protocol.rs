@@ -125,6 +125,18 @@ pub struct WorkerStatus {
     pub state: String,
     pub age_ms: u64,
     pub status: Option<String>,
+    /// What the worker's process tree (the worker, its descendants, and what stayed in its
+    /// process group) uses, sampled from /proc when the status was asked for. `None`: the
+    /// worker could not be read (gone meanwhile, or hidden by `hidepid=`), or an older
+    /// handoff. RSS is summed over the processes (shared pages count in each, as in `ps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
+    /// User + system CPU time of the tree, with the children its processes reaped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<u64>,
+    /// Processes in the tree, the worker included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u32>,
     /// Set when this worker was started after its generation's release files changed on
     /// disk (an in-place install): it runs the files now on disk, not its generation's
     /// release. Says which version those are.
@@ -178,6 +190,53 @@ pub struct SlotStatus {
     pub last_replacement: Option<String>,
     #[serde(default)]
     pub last_replacement_ago_ms: Option<u64>,
+    /// Workers handoff started in this slot because the one before exited on its own
+    /// (crashes and stops from outside), since handoff started. Rollovers do not count.
+    #[serde(default)]
+    pub restarts: u32,
+    /// How the last worker of this slot that is gone ended (any generation).
+    #[serde(default)]
+    pub last_exit: Option<SlotExit>,
+}
+
+/// Why a worker ended, as `handoff status` shows it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExitKind {
+    /// It exited on its own, not asked to: a crash (counted in the slot's crash count), or a
+    /// new worker failing its rollover.
+    Crash,
+    /// A healthy worker stopped from outside handoff (exit 0, SIGTERM): restarted, no crash.
+    Stopped,
+    /// It exited after handoff asked it to drain.
+    Drained,
+    /// It was SIGKILLed at the drain timeout.
+    Killed,
+}
+
+impl fmt::Display for ExitKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ExitKind::Crash => "crash",
+            ExitKind::Stopped => "stopped from outside",
+            ExitKind::Drained => "drained",
+            ExitKind::Killed => "killed at the drain timeout",
+        })
+    }
+}
+
+/// The last exit of a slot's worker.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SlotExit {
+    pub pid: i32,
+    pub generation: u64,
+    /// As `waitpid` said: `exited with status 1`, `was killed by SIGKILL`.
+    pub status: String,
+    pub kind: ExitKind,
+    /// Why handoff drained it (`replaced`, `rolled back`, `scaled down`, `SIGTERM` ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained_because: Option<String>,
+    pub ago_ms: u64,
 }
 
 /// The settings in force: those the serving generation was started with. Durations as the
@@ -260,6 +319,9 @@ pub struct StatusReport {
     /// The running rollover's new workers are in their stability window.
     #[serde(default)]
     pub stabilizing: Option<StabilizingStatus>,
+    /// The one-line summary handoff sends systemd (`STATUS=`, what `systemctl status` shows).
+    #[serde(default)]
+    pub status_line: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

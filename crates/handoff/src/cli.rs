@@ -42,7 +42,8 @@ pub enum Sub {
     /// one is drained (not counted as a crash; exit codes as reload).
     #[command(after_help = exit_help())]
     RestartWorker(RestartWorkerArgs),
-    /// Show generations, workers and the last rollover.
+    /// Show generations, workers (memory and CPU of each worker's process tree, sampled now;
+    /// restarts, crashes and last exit of its slot) and the last rollover.
     #[command(after_help = exit_help())]
     Status(StatusArgs),
     /// Write the man pages (handoff.1, handoff-run.1, ...) into DIR (for packagers).
@@ -94,7 +95,7 @@ pub fn man_sections(page: &str) -> String {
         "status" => &[
             (
                 "handoff status --app shop",
-                "Generations, workers, the last rollover.",
+                "Generations, a row per worker (memory, CPU, restarts, last exit), the last rollover.",
             ),
             ("handoff status --app shop --json", "The same, for scripts."),
         ],

@@ -10,6 +10,7 @@
 //! - [`guard`]: a child that kills what handoff started if handoff is killed.
 //! - [`listeners`]: taking sockets from systemd or binding them.
 //! - [`notify`]: the sd_notify protocol, worker side (receiving) and systemd side (sending).
+//! - [`usage`]: what each worker's process tree uses (RSS, CPU time), sampled from /proc.
 //! - [`control`]: the control socket's server side (the wire types are in
 //!   `handoff_common::protocol`).
 //! - [`config`]: the TOML file and command-line settings; [`cli`]: the command line.
@@ -28,5 +29,6 @@ pub mod priority;
 pub mod render;
 pub mod spawn;
 pub mod supervisor;
+pub mod usage;
 
 pub use handoff_common::{duration, exit, paths, protocol, release, text};

@@ -294,11 +294,10 @@ impl Executor {
             Action::ScanChildren => self.scan_pending = true,
             Action::SampleUsage(workers) => {
                 let roots: Vec<i32> = workers.iter().map(|(_, pid)| *pid).collect();
-                let rss = tree_rss(&roots);
+                let usage = crate::usage::sample(&roots);
                 let samples = workers
                     .iter()
-                    .zip(rss)
-                    .filter_map(|((id, _), rss)| Some((*id, rss?)))
+                    .filter_map(|(id, pid)| Some((*id, usage.get(pid)?.rss_bytes)))
                     .collect();
                 self.queue.push_back(Input::Usage(samples));
             }
@@ -555,6 +554,18 @@ impl Executor {
         r.log_lines_dropped = handoff_common::logging::dropped_lines();
         r.config_file = self.rt.config.file.clone();
         r.config_differs = self.config_differs();
+        // Sampled now, on the loop: a worker not reaped yet keeps its pid (a zombie), so no
+        // pid sampled here can be another process's. One /proc walk for all workers; no
+        // sampling happens between status requests (an idle handoff never wakes up).
+        let pids: Vec<i32> = r.workers.iter().map(|w| w.pid).collect();
+        let usage = crate::usage::sample(&pids);
+        for w in &mut r.workers {
+            if let Some(u) = usage.get(&w.pid) {
+                w.rss_bytes = Some(u.rss_bytes);
+                w.cpu_ms = Some(u.cpu.as_millis() as u64);
+                w.processes = Some(u.processes);
+            }
+        }
         r
     }
 
@@ -972,62 +983,4 @@ fn emit(log: &Log) {
         Level::Warn => ev!(warn),
         Level::Error => ev!(error),
     }
-}
-
-/// The resident memory of each root's process tree (the root and all its descendants), in
-/// bytes, from one walk of /proc; `None` for a root that is gone. A worker's children
-/// (Node's cluster, a shell's pipeline) count: the limit is about what the worker costs.
-fn tree_rss(roots: &[i32]) -> Vec<Option<u64>> {
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .unwrap_or(4096) as u64;
-    // pid -> (parent, resident bytes), for every process we can read.
-    let mut procs: HashMap<i32, (i32, u64)> = HashMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return vec![None; roots.len()];
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        // The parent pid follows the last ')' of `stat` (the command name may hold any byte);
-        // a process that exits meanwhile is skipped.
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(ppid) = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let rss = std::fs::read_to_string(format!("/proc/{pid}/statm"))
-            .ok()
-            .and_then(|m| m.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .map_or(0, |pages| pages * page);
-        procs.insert(pid, (ppid, rss));
-    }
-    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-    for (pid, (ppid, _)) in &procs {
-        children.entry(*ppid).or_default().push(*pid);
-    }
-    roots
-        .iter()
-        .map(|root| {
-            procs.get(root)?;
-            let mut total = 0;
-            let mut stack = vec![*root];
-            while let Some(p) = stack.pop() {
-                total += procs.get(&p).map_or(0, |(_, rss)| *rss);
-                stack.extend(children.get(&p).into_iter().flatten().copied());
-            }
-            Some(total)
-        })
-        .collect()
 }

@@ -33,7 +33,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use handoff_common::duration::human;
-use handoff_common::protocol::{Outcome, ReloadReply, VersionInfo};
+use handoff_common::protocol::{ExitKind, Outcome, ReloadReply, VersionInfo};
 use nix::sys::signal::Signal;
 
 use crate::config::ReadyMode;
@@ -117,6 +117,8 @@ struct Worker {
     /// The last `STATUS=` it sent.
     status: Option<String>,
     errno: Option<i32>,
+    /// Why handoff asked it to drain (for its slot's last exit in status).
+    drained_because: Option<String>,
     /// Started after its generation's version file changed on disk: what it runs instead.
     runs_on_disk: Option<String>,
     /// Its last `WATCHDOG=1`.
@@ -142,6 +144,7 @@ impl Worker {
             rss: None,
             replaced: false,
             runs_on_disk: None,
+            drained_because: None,
         }
     }
 }
@@ -205,6 +208,11 @@ struct Slot {
     retry_at: Option<Instant>,
     /// The last replacement of this slot's worker, for `handoff status`.
     last_replacement: Option<(Instant, String)>,
+    /// Workers started here because the one before exited on its own (crash or stop from
+    /// outside), ever: what `pm2 list` calls restarts. Rollovers do not count.
+    restarts: u32,
+    /// How the last worker of this slot that is gone ended.
+    last_exit: Option<LastExit>,
 }
 
 impl Slot {
@@ -216,6 +224,8 @@ impl Slot {
             failed_replacements: 0,
             retry_at: None,
             last_replacement: None,
+            restarts: 0,
+            last_exit: None,
         }
     }
 }
@@ -278,6 +288,17 @@ struct Incoming {
     old: WorkerId,
     reason: Replace,
     waiter: Option<Waiter>,
+}
+
+/// A worker's end, kept per slot for `handoff status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LastExit {
+    pid: i32,
+    generation: u64,
+    status: ExitStatus,
+    kind: ExitKind,
+    drained_because: Option<String>,
+    at: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1505,6 +1526,7 @@ impl Machine {
             return;
         }
         w.phase = Phase::Draining { deadline };
+        w.drained_because = Some(why.to_string());
         if let Some(pid) = w.pid {
             self.out.push(Action::Signal { pid, signal });
         }
@@ -1604,13 +1626,18 @@ impl Machine {
             })
         };
         match w.phase {
-            Phase::Draining { .. } => self
-                .out
-                .push(log(Level::Info, format!("worker drained and {how}"))),
-            Phase::Killed => self.out.push(log(
-                Level::Warn,
-                format!("worker killed after the drain timeout ({how})"),
-            )),
+            Phase::Draining { .. } => {
+                self.record_exit(now, &w, status, ExitKind::Drained);
+                self.out
+                    .push(log(Level::Info, format!("worker drained and {how}")))
+            }
+            Phase::Killed => {
+                self.record_exit(now, &w, status, ExitKind::Killed);
+                self.out.push(log(
+                    Level::Warn,
+                    format!("worker killed after the drain timeout ({how})"),
+                ))
+            }
             Phase::Spawning | Phase::Starting { .. } | Phase::Ready { .. } => {
                 self.worker_died(now, id, &w, status)
             }
@@ -1653,7 +1680,11 @@ impl Machine {
         let healthy = up_past_ready.is_some_and(|d| d >= healthy_after(window));
         if let Some(ro) = self.rollover_of(id) {
             ro.pending.retain(|p| *p != id);
-            if ro.mode == Mode::Initial && in_window {
+            let initial = ro.mode == Mode::Initial;
+            // A new worker that exits unasked fails its rollover: a crash of the release,
+            // whatever its status (its slot's crash count is the serving worker's).
+            self.record_exit(now, w, status, ExitKind::Crash);
+            if initial && in_window {
                 self.fail_first_generation(now, reason, false);
             } else {
                 self.fail_rollover(now, reason, true);
@@ -1705,6 +1736,12 @@ impl Machine {
                     ExitStatus::Signal { signal, .. } => stop_signal(signal),
                     ExitStatus::Code(_) => false,
                 };
+            let kind = if stopped {
+                ExitKind::Stopped
+            } else {
+                ExitKind::Crash
+            };
+            self.record_exit(now, w, status, kind);
             self.out.push(Action::Log(Log {
                 level: if stopped { Level::Info } else { Level::Warn },
                 generation: Some(w.generation),
@@ -1721,6 +1758,25 @@ impl Machine {
             }));
             self.schedule_restart(now, slot, !stopped);
         }
+    }
+
+    /// Keeps how worker `w` ended as its slot's last exit (a slot a scale-down removed, or
+    /// one a rolled back scale-up never made, keeps nothing).
+    fn record_exit(&mut self, now: Instant, w: &Worker, status: ExitStatus, kind: ExitKind) {
+        let (Some(slot), Some(pid)) = (self.slots.get_mut(w.slot), w.pid) else {
+            return;
+        };
+        slot.last_exit = Some(LastExit {
+            pid,
+            generation: w.generation,
+            status,
+            kind,
+            drained_because: match kind {
+                ExitKind::Drained | ExitKind::Killed => w.drained_because.clone(),
+                _ => None,
+            },
+            at: now,
+        });
     }
 
     /// Starts a new worker in `slot` after a delay: [`RESTART_BASE`] doubling per consecutive
@@ -1764,6 +1820,7 @@ impl Machine {
         let id = self.next_worker;
         self.next_worker += 1;
         self.slots[slot].occupant = Occupant::Worker(id);
+        self.slots[slot].restarts += 1;
         self.workers
             .insert(id, Worker::new(slot, self.current, now));
         self.out.push(Action::Spawn {

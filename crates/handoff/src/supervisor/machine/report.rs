@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use handoff_common::duration::human;
 use handoff_common::protocol::{
-    GenerationStatus, Outcome, RolloverStatus, SettingsStatus, SlotStatus, StabilizingStatus,
-    StatusReport, WorkerStatus,
+    GenerationStatus, Outcome, RolloverStatus, SettingsStatus, SlotExit, SlotStatus,
+    StabilizingStatus, StatusReport, WorkerStatus,
 };
 
 use super::{CRASH_LOOP, Machine, Occupant, Phase, Policy, RolloverPhase};
@@ -73,6 +73,10 @@ impl Machine {
                     state: w.phase.name().to_string(),
                     age_ms: ms(now.saturating_duration_since(w.started)),
                     status: w.status.clone(),
+                    // Sampled by the executor (the machine reads no /proc).
+                    rss_bytes: None,
+                    cpu_ms: None,
+                    processes: None,
                     runs_on_disk: w.runs_on_disk.clone(),
                     watchdog_ago_ms: match w.phase {
                         Phase::Ready { since }
@@ -131,6 +135,15 @@ impl Machine {
                         .last_replacement
                         .as_ref()
                         .map(|(at, _)| ms(now.saturating_duration_since(*at))),
+                    restarts: s.restarts,
+                    last_exit: s.last_exit.as_ref().map(|e| SlotExit {
+                        pid: e.pid,
+                        generation: e.generation,
+                        status: e.status.to_string(),
+                        kind: e.kind,
+                        drained_because: e.drained_because.clone(),
+                        ago_ms: ms(now.saturating_duration_since(e.at)),
+                    }),
                 })
                 .collect(),
             rolling_over_to: match &self.rollover {
@@ -153,6 +166,7 @@ impl Machine {
             config_file: None,
             config_differs: None,
             stabilizing: self.stabilizing(now),
+            status_line: Some(self.status_line()),
         }
     }
 

@@ -1182,3 +1182,115 @@ fn an_outside_sigterm_to_a_healthy_worker_restarts_it_without_counting_a_crash()
         "reset to 0, then this one"
     );
 }
+
+/// Slot `slot`'s last exit as status shows it: (pid, kind, status, why drained).
+fn last_exit(h: &Harness, slot: usize) -> Option<(i32, ExitKind, String, Option<String>)> {
+    h.m.status(h.now).slots[slot]
+        .last_exit
+        .as_ref()
+        .map(|e| (e.pid, e.kind, e.status.clone(), e.drained_because.clone()))
+}
+
+#[test]
+fn restarts_count_every_restart_of_a_slot_and_never_a_rollover() {
+    let mut h = Harness::serving(windowed(2));
+    assert_eq!(last_exit(&h, 0), None);
+    // A crash (kill -9 from outside): a restart, and the last exit says so.
+    h.now += SEC;
+    h.exit_by(100, Signal::SIGKILL);
+    assert_eq!(
+        last_exit(&h, 0),
+        Some((100, ExitKind::Crash, "was killed by SIGKILL".into(), None))
+    );
+    assert_eq!(h.m.status(h.now).slots[0].restarts, 0, "not restarted yet");
+    h.after(RESTART_BASE);
+    let st = h.m.status(h.now);
+    assert_eq!((st.slots[0].restarts, st.slots[0].crashes), (1, 1));
+    assert_eq!(st.slots[1].restarts, 0);
+    // A stop from outside of a healthy worker: a restart, not a crash.
+    h.ready(102);
+    h.now += SEC;
+    h.exit(102, 0);
+    assert_eq!(last_exit(&h, 0).unwrap().1, ExitKind::Stopped);
+    h.after(RESTART_BASE);
+    h.ready(103);
+    h.after(SEC);
+    let st = h.m.status(h.now);
+    assert_eq!((st.slots[0].restarts, st.slots[0].crashes), (2, 0));
+    // A rollover: the old workers are drained, which is no restart and no crash.
+    h.reload(1);
+    h.ready(104);
+    h.ready(105);
+    h.after(SEC);
+    h.exit(103, 0);
+    h.exit_by(101, Signal::SIGTERM);
+    let st = h.m.status(h.now);
+    assert_eq!((st.slots[0].restarts, st.slots[0].crashes), (2, 0));
+    assert_eq!((st.slots[1].restarts, st.slots[1].crashes), (0, 0));
+    assert_eq!(
+        last_exit(&h, 0),
+        Some((
+            103,
+            ExitKind::Drained,
+            "exited with status 0".into(),
+            Some("replaced".into())
+        ))
+    );
+    assert_eq!(
+        last_exit(&h, 1),
+        Some((
+            101,
+            ExitKind::Drained,
+            "was killed by SIGTERM".into(),
+            Some("replaced".into())
+        ))
+    );
+    assert_eq!(
+        h.m.status(h.now).slots[1]
+            .last_exit
+            .as_ref()
+            .unwrap()
+            .generation,
+        1
+    );
+}
+
+#[test]
+fn the_last_exit_tells_a_kill_at_the_drain_timeout_and_a_failed_new_worker() {
+    let mut p = windowed(1);
+    p.drain_timeout = Duration::from_secs(2);
+    let mut h = Harness::serving(p);
+    h.reload(1);
+    h.ready(101);
+    h.after(SEC);
+    h.after(Duration::from_secs(2));
+    h.exit_by(100, Signal::SIGKILL);
+    assert_eq!(
+        last_exit(&h, 0),
+        Some((
+            100,
+            ExitKind::Killed,
+            "was killed by SIGKILL".into(),
+            Some("replaced".into())
+        ))
+    );
+    // A new worker that exits in its window fails the rollover: its slot shows the crash,
+    // though the slot's serving worker never stopped (no restart, no crash count).
+    h.reload(2);
+    h.ready(102);
+    h.exit(102, 3);
+    let st = h.m.status(h.now);
+    let e = st.slots[0].last_exit.as_ref().unwrap();
+    assert_eq!((e.pid, e.generation, e.kind), (102, 3, ExitKind::Crash));
+    assert_eq!(e.status, "exited with status 3");
+    assert_eq!((st.slots[0].restarts, st.slots[0].crashes), (0, 0));
+    h.now += 5 * SEC;
+    assert_eq!(
+        h.m.status(h.now).slots[0]
+            .last_exit
+            .as_ref()
+            .unwrap()
+            .ago_ms,
+        5000
+    );
+}
