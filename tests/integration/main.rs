@@ -7,6 +7,7 @@ mod faults;
 mod harness;
 mod hostile;
 mod operator;
+mod reexec;
 mod robustness;
 mod rollover;
 mod stability;

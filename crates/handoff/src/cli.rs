@@ -41,6 +41,17 @@ pub enum Sub {
     /// Show generations, workers and the last rollover.
     #[command(after_help = exit_help())]
     Status(StatusArgs),
+    /// Replace the running handoff by the binary now installed at the path it was started
+    /// from (after a package upgrade), keeping its pid, sockets and workers: no worker is
+    /// signalled. Waits for a running rollover to end first. Exit 0 once the new binary
+    /// answers with the same handoff pid and worker pids; otherwise the old handoff still
+    /// runs, unchanged.
+    #[command(after_help = exit_help())]
+    Reexec(ReexecArgs),
+    /// The pre-flight of `handoff reexec`: read a state from stdin, check this binary can
+    /// restore it, answer the handshake (internal: the running handoff runs it).
+    #[command(hide = true, name = "__check-state")]
+    CheckState,
     /// Write the man pages (handoff.1, handoff-run.1, ...) into DIR (for packagers).
     Man {
         #[arg(value_name = "DIR")]
@@ -352,6 +363,12 @@ pub struct ScaleArgs {
     /// Workers of the new generation (1 to 4096, the cap `workers` has).
     #[arg(value_name = "N", value_parser = config::parse_workers)]
     pub workers: usize,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReexecArgs {
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -31,6 +31,11 @@ pub enum Command {
     Status {
         reply: oneshot::Sender<StatusReport>,
     },
+    /// `handoff reexec`: the connection itself goes to the supervisor, which carries it over
+    /// the exec so the new binary answers on it (or answers an error itself).
+    Reexec {
+        stream: std::os::unix::net::UnixStream,
+    },
 }
 
 /// Binds the control socket. A socket file left by a crashed handoff is replaced; one that a
@@ -156,12 +161,24 @@ async fn handle(
                 "bad request ({e}); expected {{\"cmd\":\"reload\"}} or {{\"cmd\":\"status\"}}"
             )),
             Ok(
-                Request::Reload { .. } | Request::ReloadKeepalive { .. } | Request::Scale { .. },
+                Request::Reload { .. }
+                | Request::ReloadKeepalive { .. }
+                | Request::Scale { .. }
+                | Request::Reexec,
             ) if access == Access::StatusOnly => Response::Error(
-                "this is the read-only status socket: reload and scale need the control \
-                 socket (run `handoff reload` as root)"
+                "this is the read-only status socket: reload, scale and reexec need the \
+                 control socket (run `handoff reload` as root)"
                     .into(),
             ),
+            Ok(Request::Reexec) => {
+                let read = reader.into_inner().into_inner();
+                let stream = read
+                    .reunite(write)
+                    .map_err(|_| io::Error::other("halves of two streams"))?
+                    .into_std()?;
+                let _ = tx.send(Command::Reexec { stream }).await;
+                return Ok(());
+            }
             Ok(Request::Reload { if_changed }) => {
                 let (reply, rx) = oneshot::channel();
                 let _ = tx.send(Command::Reload { if_changed, reply }).await;

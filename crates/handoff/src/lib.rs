@@ -12,6 +12,7 @@
 //! - [`notify`]: the sd_notify protocol, worker side (receiving) and systemd side (sending).
 //! - [`control`]: the control socket's server side (the wire types are in
 //!   `handoff_common::protocol`).
+//! - [`reexec`]: `handoff reexec`, handoff replacing its own program over its state.
 //! - [`config`]: the TOML file and command-line settings; [`cli`]: the command line.
 
 pub mod cli;
@@ -23,6 +24,7 @@ pub mod journal;
 pub mod listeners;
 pub mod notify;
 pub mod priority;
+pub mod reexec;
 pub mod render;
 pub mod spawn;
 pub mod supervisor;

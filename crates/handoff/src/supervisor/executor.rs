@@ -36,6 +36,8 @@ use crate::listeners;
 use crate::notify::{NotifySocket, Received};
 use crate::spawn::{self, Credentials, WorkerSpec};
 
+mod handover;
+
 /// How long reading the version file may take (it lives on the app's disk, maybe NFS).
 const VERSION_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -70,17 +72,49 @@ struct Executor {
     /// For binding the control socket again if its file was removed.
     control_tx: mpsc::Sender<Command>,
     control_task: AbortHandle,
+    /// The control and status sockets' fds (for the reexec state).
+    control_fd: std::os::fd::RawFd,
+    status_fd: Option<std::os::fd::RawFd>,
     /// The machine asked for a look at handoff's children (done once the queue is empty).
     scan_pending: bool,
+    /// `handoff reexec` / SIGUSR2 asked for; done once the machine is idle.
+    reexec_pending: bool,
+    /// Control connections waiting for the reexec's answer.
+    reexec_replies: Vec<std::os::unix::net::UnixStream>,
+    /// Successful reexecs since start, and how the last one ended.
+    reexecs: u32,
+    last_reexec: Option<String>,
+}
+
+/// What the previous image of this handoff handed over (`handoff reexec`), as main read it
+/// from the state; the executor turns the fds into its own objects inside the runtime.
+pub struct Restored {
+    pub machine: Machine,
+    pub control: std::os::unix::net::UnixListener,
+    pub status: Option<std::os::unix::net::UnixListener>,
+    pub notify: Vec<(WorkerId, std::os::fd::OwnedFd, PathBuf, Vec<u32>, i32)>,
+    pub hooks: Vec<(i32, String)>,
+    pub replies: Vec<std::os::unix::net::UnixStream>,
+    pub next_waiter: WaiterId,
+    pub traversable: bool,
+    pub uptime: Duration,
+    pub reexecs: u32,
+    pub last_status_line: String,
+    /// The new image failed to restore and this (old) image took back over: why.
+    pub failed: Option<String>,
 }
 
 /// Runs handoff until it has shut down; returns the process exit code.
-pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
+pub async fn run(rt: Runtime, restored: Option<Restored>) -> anyhow::Result<i32> {
     // Signal handlers first: a child that exits before SIGCHLD is watched would be missed.
     let mut sigchld = unix_signal(SignalKind::child())?;
     let mut sighup = unix_signal(SignalKind::hangup())?;
     let mut sigterm = unix_signal(SignalKind::terminate())?;
     let mut sigint = unix_signal(SignalKind::interrupt())?;
+    let mut sigusr2 = unix_signal(SignalKind::user_defined2())?;
+    // After a reexec these were blocked across the exec (reexec.rs): what arrived meanwhile is
+    // delivered now, to the handlers above. A no-op at a first start.
+    crate::reexec::unblock_handover_signals();
 
     // Orphaned grandchildren of workers are re-parented to handoff, not to init, so they are
     // reaped here (and killed with their worker's process group).
@@ -90,21 +124,43 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
 
     let notify_dir = paths::notify_dir(&rt.runtime_dir, &rt.control_path);
     check_notify_dir(&notify_dir).map_err(anyhow::Error::msg)?;
-    let control_listener = control::bind(&rt.control_path)?;
     // The read-only status socket for `status_group` (see control.rs).
     let status_path = paths::status_beside(&rt.control_path);
-    let status_listener = match rt.status_gid {
-        Some(gid) => Some(control::bind_status(&status_path, gid)?),
+    let (control_listener, status_listener, mut restored) = match restored {
+        Some(mut r) => {
+            // The sockets of the previous image: still bound, still listening, with any
+            // connections that queued during the exec.
+            let tokio_listener = |l: std::os::unix::net::UnixListener| {
+                l.set_nonblocking(true)?;
+                tokio::net::UnixListener::from_std(l)
+            };
+            let control = tokio_listener(r.control.try_clone()?)?;
+            let status = match r.status.take() {
+                Some(l) => Some(tokio_listener(l)?),
+                None => None,
+            };
+            (control, status, Some(r))
+        }
         None => {
-            let _ = std::fs::remove_file(&status_path);
-            None
+            let control_listener = control::bind(&rt.control_path)?;
+            let status_listener = match rt.status_gid {
+                Some(gid) => Some(control::bind_status(&status_path, gid)?),
+                None => {
+                    let _ = std::fs::remove_file(&status_path);
+                    None
+                }
+            };
+            // Only one handoff owns a control socket, so the notify dir named after it is
+            // ours to clear.
+            let _ = std::fs::remove_dir_all(&notify_dir);
+            paths::make_private_dir(&notify_dir, rt.credentials.is_some())?;
+            (control_listener, status_listener, None)
         }
     };
-    // Only one handoff owns a control socket, so the notify dir named after it is ours to
-    // clear.
-    let _ = std::fs::remove_dir_all(&notify_dir);
-    paths::make_private_dir(&notify_dir, rt.credentials.is_some())?;
 
+    use std::os::fd::AsRawFd;
+    let control_fd = control_listener.as_raw_fd();
+    let status_fd = status_listener.as_ref().map(|l| l.as_raw_fd());
     let (control_tx, mut control_rx) = mpsc::channel::<Command>(64);
     let status_task = status_listener.map(|l| {
         tokio::spawn(control::serve(
@@ -126,22 +182,37 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
         && std::path::Path::new(JournalStream::SOCKET).exists())
     .then(|| journal::own_unit().unwrap_or_default());
     let now = Instant::now();
-    let machine = Machine::new(
-        Policy::from_settings(&rt.settings, rt.credentials.clone()),
-        now,
-    );
-    info!(
-        listeners = %rt.listeners.iter().map(|l| format!("{}={}", l.name, l.describe)).collect::<Vec<_>>().join(" "),
-        workers = rt.settings.workers,
-        control = %rt.control_path.display(),
-        "handoff starting"
-    );
+    let machine = match restored.as_mut() {
+        Some(r) => std::mem::replace(
+            &mut r.machine,
+            Machine::new(
+                Policy::from_settings(&rt.settings, rt.credentials.clone()),
+                now,
+            ),
+        ),
+        None => Machine::new(
+            Policy::from_settings(&rt.settings, rt.credentials.clone()),
+            now,
+        ),
+    };
+    if restored.is_none() {
+        info!(
+            listeners = %rt.listeners.iter().map(|l| format!("{}={}", l.name, l.describe)).collect::<Vec<_>>().join(" "),
+            workers = rt.settings.workers,
+            control = %rt.control_path.display(),
+            "handoff starting"
+        );
+    }
     let watchdog_period = rt.watchdog.map(|d| d / 2);
     let rt_traversable = rt.credentials.is_some() || rt.status_gid.is_some();
     let mut ex = Executor {
         rt,
         machine,
-        queue: VecDeque::from([Input::Start]),
+        queue: if restored.is_some() {
+            VecDeque::new()
+        } else {
+            VecDeque::from([Input::Start])
+        },
         notify_tx,
         version_tx,
         notify: HashMap::new(),
@@ -156,14 +227,43 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
         started: now,
         control_tx,
         control_task: control_task.abort_handle(),
+        control_fd,
+        status_fd,
         scan_pending: false,
+        reexec_pending: false,
+        reexec_replies: Vec::new(),
+        reexecs: 0,
+        last_reexec: None,
     };
+    if let Some(r) = restored {
+        ex.resume(r);
+    }
     let mut watchdog = watchdog_period.map(tokio::time::interval);
     let code = loop {
         ex.run_queue();
         ex.publish_status();
         if let Some(code) = ex.machine.exit_code() {
             break code;
+        }
+        if ex.reexec_pending && ex.machine.idle() {
+            // What already arrived goes to the machine first (a READY=1 read off a socket
+            // but not yet handled would be lost with this image's memory); a control request
+            // that starts a rollover postpones the reexec until it has ended.
+            while let Ok((worker, received)) = notify_rx.try_recv() {
+                ex.on_datagram(worker, received);
+            }
+            while let Ok(cmd) = control_rx.try_recv() {
+                ex.on_command(cmd);
+            }
+            ex.run_queue();
+            if ex.machine.idle() {
+                // Returns only if handoff could not hand over: it goes on as it was.
+                ex.reexec();
+                continue;
+            }
+        }
+        if ex.reexec_pending && ex.machine.shutting_down() {
+            ex.reexec_failed("handoff is shutting down".into());
         }
         let deadline = ex.machine.next_deadline();
         tokio::select! {
@@ -177,6 +277,10 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
             _ = sighup.recv() => {
                 info!("SIGHUP: rollover requested");
                 ex.reload(None, false);
+            }
+            _ = sigusr2.recv() => {
+                info!("SIGUSR2: reexec requested");
+                ex.reexec_pending = true;
             }
             _ = sigterm.recv() => ex.queue.push_back(Input::Shutdown { why: "SIGTERM".into(), code: 0 }),
             _ = sigint.recv() => {
@@ -362,6 +466,11 @@ impl Executor {
             Command::Status { reply } => {
                 let _ = reply.send(self.status_report());
             }
+            Command::Reexec { stream } => {
+                info!("reexec requested on the control socket");
+                self.reexec_replies.push(stream);
+                self.reexec_pending = true;
+            }
         }
     }
 
@@ -475,6 +584,8 @@ impl Executor {
         r.log_lines_dropped = handoff_common::logging::dropped_lines();
         r.config_file = self.rt.config.file.clone();
         r.config_differs = self.config_differs();
+        r.reexecs = self.reexecs;
+        r.last_reexec = self.last_reexec.clone();
         r
     }
 
@@ -621,6 +732,12 @@ impl Executor {
         })?;
         // Datagrams count only from this worker's process tree (`notify::sender_in_tree`).
         socket.set_owner(pid.as_raw());
+        self.watch_notify(worker, socket);
+        Ok(pid.as_raw())
+    }
+
+    /// Reads worker `worker`'s notify socket from now on.
+    fn watch_notify(&mut self, worker: WorkerId, socket: NotifySocket) {
         let socket = Arc::new(socket);
         let reader = socket.clone();
         let tx = self.notify_tx.clone();
@@ -646,7 +763,6 @@ impl Executor {
                 task: task.abort_handle(),
             },
         );
-        Ok(pid.as_raw())
     }
 
     /// Binds the control socket again when its file is gone (the runtime dir was removed),
@@ -657,6 +773,8 @@ impl Executor {
         }
         match control::bind(&self.rt.control_path) {
             Ok(listener) => {
+                use std::os::fd::AsRawFd;
+                self.control_fd = listener.as_raw_fd();
                 self.control_task.abort();
                 self.control_task = tokio::spawn(control::serve(
                     listener,

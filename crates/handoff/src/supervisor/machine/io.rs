@@ -16,7 +16,7 @@ use crate::spawn::Credentials;
 /// all but `version_file` and `drain_timeout_hook`, which are bound at start): its workers
 /// are started, restarted, judged and drained by them, so a rolled back reload leaves the
 /// old ones in force.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Policy {
     pub workers: usize,
     pub rolling: bool,
@@ -27,6 +27,7 @@ pub struct Policy {
     /// old ones are drained; a worker up this long past `READY=1` is healthy (its slot's
     /// crash count resets). Zero: no window.
     pub min_uptime: Duration,
+    #[serde(with = "super::snapshot::signal")]
     pub drain_signal: Signal,
     /// A version file is configured: read it before each rollover.
     pub version_file: bool,

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use handoff_common::duration::human;
 use handoff_common::protocol::{Outcome, ReloadReply, VersionInfo};
 use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
 
 use crate::config::ReadyMode;
 use crate::notify::Message;
@@ -66,26 +67,31 @@ pub type WaiterId = u64;
 
 mod io;
 mod report;
+pub mod snapshot;
 #[cfg(test)]
 mod tests;
 
 pub use io::*;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Phase {
     /// [`Action::Spawn`] was sent; no pid yet.
     Spawning,
     /// Running, not ready yet.
     Starting {
+        #[serde(with = "snapshot::instant")]
         deadline: Instant,
         /// `--ready delay:`: ready at this time.
+        #[serde(with = "snapshot::opt_instant")]
         ready_at: Option<Instant>,
     },
     Ready {
+        #[serde(with = "snapshot::instant")]
         since: Instant,
     },
     /// Told to drain (the signal goes out as soon as there is a pid).
     Draining {
+        #[serde(with = "snapshot::instant")]
         deadline: Instant,
     },
     /// Still there past the drain deadline: SIGKILLed, waiting to be reaped.
@@ -103,11 +109,12 @@ impl Phase {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Worker {
     slot: usize,
     generation: u64,
     pid: Option<i32>,
+    #[serde(with = "snapshot::instant")]
     started: Instant,
     phase: Phase,
     /// The last `STATUS=` it sent.
@@ -135,7 +142,7 @@ impl Worker {
 /// A descendant of a worker that was re-parented to handoff (it left the worker's tree with a
 /// double fork, say `spawn({detached: true})`). It goes with its worker: drained when the
 /// worker is drained or gone, killed past the drain deadline, waited for at shutdown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Stray {
     /// Its worker serves; nothing to do yet. `generation`: the one its environment names,
     /// whose program it runs: it drains by that generation's signal and timeout.
@@ -144,6 +151,7 @@ enum Stray {
         generation: u64,
     },
     Draining {
+        #[serde(with = "snapshot::instant")]
         deadline: Instant,
         /// The drain timeout it got (for the ALERT line).
         timeout: Duration,
@@ -151,30 +159,31 @@ enum Stray {
     Killed,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Occupant {
     Vacant,
     Worker(WorkerId),
     /// The worker died; a new one starts at this time.
     Restarting {
+        #[serde(with = "snapshot::instant")]
         at: Instant,
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Slot {
     occupant: Occupant,
     /// Consecutive crashes (sets the restart backoff).
     crashes: u32,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Waiter {
     id: Option<WaiterId>,
     if_changed: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Mode {
     /// The first generation: nothing serves meanwhile, so all slots start at once, and a
     /// failure shuts handoff down.
@@ -183,11 +192,12 @@ enum Mode {
     Rolling,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Rollover {
     generation: u64,
     /// The new generation's worker count (its `Policy::workers`).
     workers: usize,
+    #[serde(with = "snapshot::instant")]
     started: Instant,
     mode: Mode,
     waiters: Vec<Waiter>,
@@ -199,10 +209,11 @@ struct Rollover {
     switched: usize,
     /// Every pending worker is ready: the stability window ends (and they switch in) at this
     /// time, unless one of them exits first.
+    #[serde(with = "snapshot::opt_instant")]
     stable_at: Option<Instant>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 enum RolloverPhase {
     Idle,
     /// Waiting for [`Input::Version`].
@@ -215,7 +226,7 @@ enum RolloverPhase {
     Running(Rollover),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Life {
     Serving,
     /// Draining everything; exit with this code once no worker is left.
@@ -224,15 +235,16 @@ enum Life {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Generation {
+    #[serde(with = "snapshot::instant")]
     started: Instant,
     version: Option<VersionInfo>,
     policy: Policy,
 }
 
 /// The release a rolled back generation started from: `--if-changed` won't try it again.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct FailedRelease {
     hash: String,
     generation: u64,
@@ -240,17 +252,22 @@ struct FailedRelease {
     settings: Policy,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct LastRollover {
     generation: u64,
     outcome: Outcome,
     message: String,
     duration: Duration,
+    #[serde(with = "snapshot::instant")]
     at: Instant,
     /// Workers it drained that were SIGKILLed at the drain timeout.
     forced_kills: u32,
 }
 
+/// Serialize/Deserialize: `handoff reexec` carries the whole machine over an exec
+/// ([`Machine::export`], [`Machine::import`]). A field added later needs a serde derive on its
+/// type, and `#[serde(default)]` if a state written by an older handoff may lack it.
+#[derive(Serialize, Deserialize)]
 pub struct Machine {
     /// The settings handoff started with: the first generation's.
     policy: Policy,
@@ -276,15 +293,19 @@ pub struct Machine {
     last: Option<LastRollover>,
     failed_release: Option<FailedRelease>,
     life: Life,
+    #[serde(with = "snapshot::instant")]
     started: Instant,
     /// Re-parented descendants of workers, by pid.
     strays: BTreeMap<i32, Stray>,
     /// Look for new strays once this input is handled (one scan however many reasons).
+    #[serde(skip)]
     scan: bool,
     /// Workers SIGKILLed at the drain timeout, ever.
     forced_kills: u64,
     /// Those kills not yet told to a reload caller (they come with the next answer).
     unreported_kills: Vec<String>,
+    /// Actions of the input being handled: empty between inputs, so never carried over.
+    #[serde(skip)]
     out: Vec<Action>,
 }
 
@@ -389,6 +410,15 @@ impl Machine {
     /// need not look at it).
     pub fn knows_pid(&self, pid: i32) -> bool {
         self.strays.contains_key(&pid) || self.workers.values().any(|w| w.pid == Some(pid))
+    }
+
+    /// No rollover runs, is prepared or queued, and handoff serves: the state a `handoff
+    /// reexec` waits for (a rollover's waiters are connections, which do not survive an
+    /// exec; draining workers, restarts and strays are state, which does).
+    pub fn idle(&self) -> bool {
+        matches!(self.rollover, RolloverPhase::Idle)
+            && self.queued.is_empty()
+            && self.life == Life::Serving
     }
 
     pub fn shutting_down(&self) -> bool {

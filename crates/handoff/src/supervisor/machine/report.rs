@@ -125,6 +125,8 @@ impl Machine {
             config_file: None,
             config_differs: None,
             stabilizing: self.stabilizing(now),
+            reexecs: 0,
+            last_reexec: None,
         }
     }
 
