@@ -36,6 +36,16 @@ fn install_script(dir: &Path, script: &str, mode: u32) {
 /// handoff, run from a copy of its binary in its temp dir, with fixture workers whose mode
 /// is read from a file (`keep[0]/mode`).
 fn start(tag: &str, args: &[&str], mode: &str, worker: Option<Vec<String>>) -> Handoff {
+    start_env(tag, args, mode, worker, vec![])
+}
+
+fn start_env(
+    tag: &str,
+    args: &[&str],
+    mode: &str,
+    worker: Option<Vec<String>>,
+    mut env: Vec<(&str, String)>,
+) -> Handoff {
     let dir = TempDir::new(tag);
     let bin = install(dir.path(), &handoff_bin());
     let modes = TempDir::new(&format!("{tag}-mode"));
@@ -52,10 +62,13 @@ fn start(tag: &str, args: &[&str], mode: &str, worker: Option<Vec<String>>) -> H
         Opts {
             args: a,
             worker: worker.unwrap_or_else(fixture),
-            env: vec![(
-                "FIXTURE_MODE_FILE",
-                modes.path().join("mode").display().to_string(),
-            )],
+            env: {
+                env.push((
+                    "FIXTURE_MODE_FILE",
+                    modes.path().join("mode").display().to_string(),
+                ));
+                env
+            },
             wait_ready: workers,
         },
         &[],
@@ -482,4 +495,77 @@ fn out_of_fds_the_old_handoff_answers_an_error_and_keeps_running() {
     same_state(&before, &st);
     let (code, out, err) = reexec(&h);
     assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn a_reexec_during_a_reload_waits_for_it_and_both_succeed() {
+    // Workers take 1 s to get ready: the reexec arrives mid-rollover.
+    let h = start_env(
+        "rx-during",
+        &["--workers", "2"],
+        "ready",
+        None,
+        vec![("FIXTURE_READY_DELAY_MS", "1000".into())],
+    );
+    let before = h.status().unwrap();
+    let control = h.control.clone();
+    let bin = handoff_bin();
+    let reload = thread::spawn(move || {
+        std::process::Command::new(&bin)
+            .args(["reload", "--control"])
+            .arg(&control)
+            .output()
+            .unwrap()
+    });
+    h.wait_for(
+        Duration::from_secs(10),
+        |st| st.rolling_over_to.is_some(),
+        "the rollover under way",
+    );
+    install(home(&h), &handoff_bin());
+    let (code, out, err) = reexec(&h);
+    let reload = reload.join().unwrap();
+    assert!(
+        reload.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reload.stderr)
+    );
+    assert_eq!(code, 0, "{out}{err}\n{}", h.log());
+    let st = h.status().unwrap();
+    assert_eq!(st.pid, before.pid);
+    assert_eq!(st.current_generation, 2, "the reload ran to its end first");
+    assert_eq!(st.reexecs, 1);
+}
+
+#[test]
+fn two_reexecs_at_once_are_both_answered() {
+    let h = start("rx-twice", &["--workers", "2"], "ready", None);
+    let before = h.status().unwrap();
+    install(home(&h), &handoff_bin());
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let (bin, control) = (handoff_bin(), h.control.clone());
+            thread::spawn(move || {
+                std::process::Command::new(&bin)
+                    .args(["reexec", "--control"])
+                    .arg(&control)
+                    .output()
+                    .unwrap()
+            })
+        })
+        .collect();
+    for r in runs {
+        let out = r.join().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // One more right after: a fresh handover from the just-restored image.
+    let (code, out, err) = reexec(&h);
+    assert_eq!(code, 0, "{out}{err}");
+    let st = h.status().unwrap();
+    same_state(&before, &st);
+    assert!((2..=3).contains(&st.reexecs), "{}", st.reexecs);
 }

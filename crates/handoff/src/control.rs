@@ -108,11 +108,34 @@ pub enum Access {
     StatusOnly,
 }
 
-/// Accepts control connections forever, passing each request to the supervisor.
+/// Connections accepted and not yet answered, on every control socket: a `handoff reexec`
+/// waits for them to be answered before the exec (an answer written by nobody would be a
+/// client's lost connection).
+pub type InFlight = std::sync::Arc<std::sync::atomic::AtomicUsize>;
+
+/// Counts one connection in [`InFlight`] while it lives.
+struct Counted(InFlight);
+
+impl Counted {
+    fn new(n: &InFlight) -> Counted {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Counted(n.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Accepts control connections forever (until the task is aborted), passing each request to
+/// the supervisor.
 pub async fn serve(
     listener: tokio::net::UnixListener,
     to_supervisor: mpsc::Sender<Command>,
     access: Access,
+    in_flight: InFlight,
 ) {
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -122,11 +145,13 @@ pub async fn serve(
         match listener.accept().await {
             Ok((stream, _)) => {
                 let tx = to_supervisor.clone();
+                let counted = Counted::new(&in_flight);
                 tokio::spawn(async move {
                     if let Err(e) = handle(stream, tx, access).await {
                         tracing::debug!("control connection: {e}");
                     }
                     drop(permit);
+                    drop(counted);
                 });
             }
             Err(e) => {

@@ -38,6 +38,10 @@ use crate::spawn::{self, Credentials, WorkerSpec};
 
 mod handover;
 
+/// How long a reexec waits for control connections in flight to be answered (a client
+/// that connected and says nothing holds one for up to `control::REQUEST_TIMEOUT`).
+const QUIESCE_LIMIT: Duration = Duration::from_secs(1);
+
 /// How long reading the version file may take (it lives on the app's disk, maybe NFS).
 const VERSION_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -71,10 +75,14 @@ struct Executor {
     started: Instant,
     /// For binding the control socket again if its file was removed.
     control_tx: mpsc::Sender<Command>,
-    control_task: AbortHandle,
-    /// The control and status sockets' fds (for the reexec state).
-    control_fd: std::os::fd::RawFd,
-    status_fd: Option<std::os::fd::RawFd>,
+    /// The control socket and the read-only status socket; their accept loops (on
+    /// duplicates) while they run; the connections accepted and not yet answered.
+    control_keep: std::os::unix::net::UnixListener,
+    status_keep: Option<std::os::unix::net::UnixListener>,
+    accepting: Vec<AbortHandle>,
+    in_flight: control::InFlight,
+    /// A reexec stopped accepting at this time and waits for the connections in flight.
+    quiescing: Option<Instant>,
     /// The machine asked for a look at handoff's children (done once the queue is empty).
     scan_pending: bool,
     /// `handoff reexec` / SIGUSR2 asked for; done once the machine is idle.
@@ -126,25 +134,20 @@ pub async fn run(rt: Runtime, restored: Option<Restored>) -> anyhow::Result<i32>
     check_notify_dir(&notify_dir).map_err(anyhow::Error::msg)?;
     // The read-only status socket for `status_group` (see control.rs).
     let status_path = paths::status_beside(&rt.control_path);
-    let (control_listener, status_listener, mut restored) = match restored {
+    // Executor-held (std) listeners: the accept loops run on duplicates of them, so that a
+    // reexec can stop accepting (abort the loops) without closing the sockets.
+    let (control_keep, status_keep, mut restored) = match restored {
         Some(mut r) => {
             // The sockets of the previous image: still bound, still listening, with any
             // connections that queued during the exec.
-            let tokio_listener = |l: std::os::unix::net::UnixListener| {
-                l.set_nonblocking(true)?;
-                tokio::net::UnixListener::from_std(l)
-            };
-            let control = tokio_listener(r.control.try_clone()?)?;
-            let status = match r.status.take() {
-                Some(l) => Some(tokio_listener(l)?),
-                None => None,
-            };
+            let control = r.control.try_clone()?;
+            let status = r.status.take();
             (control, status, Some(r))
         }
         None => {
-            let control_listener = control::bind(&rt.control_path)?;
+            let control_listener = control::bind(&rt.control_path)?.into_std()?;
             let status_listener = match rt.status_gid {
-                Some(gid) => Some(control::bind_status(&status_path, gid)?),
+                Some(gid) => Some(control::bind_status(&status_path, gid)?.into_std()?),
                 None => {
                     let _ = std::fs::remove_file(&status_path);
                     None
@@ -157,23 +160,7 @@ pub async fn run(rt: Runtime, restored: Option<Restored>) -> anyhow::Result<i32>
             (control_listener, status_listener, None)
         }
     };
-
-    use std::os::fd::AsRawFd;
-    let control_fd = control_listener.as_raw_fd();
-    let status_fd = status_listener.as_ref().map(|l| l.as_raw_fd());
     let (control_tx, mut control_rx) = mpsc::channel::<Command>(64);
-    let status_task = status_listener.map(|l| {
-        tokio::spawn(control::serve(
-            l,
-            control_tx.clone(),
-            control::Access::StatusOnly,
-        ))
-    });
-    let control_task = tokio::spawn(control::serve(
-        control_listener,
-        control_tx.clone(),
-        control::Access::Full,
-    ));
     // Bounded: a flood of notify datagrams waits in the kernel, not in handoff's memory.
     let (notify_tx, mut notify_rx) = mpsc::channel(1024);
     let (version_tx, mut version_rx) = mpsc::channel(4);
@@ -226,15 +213,18 @@ pub async fn run(rt: Runtime, restored: Option<Restored>) -> anyhow::Result<i32>
         last_status_line: String::new(),
         started: now,
         control_tx,
-        control_task: control_task.abort_handle(),
-        control_fd,
-        status_fd,
+        control_keep,
+        status_keep,
+        accepting: Vec::new(),
+        in_flight: control::InFlight::default(),
+        quiescing: None,
         scan_pending: false,
         reexec_pending: false,
         reexec_replies: Vec::new(),
         reexecs: 0,
         last_reexec: None,
     };
+    ex.serve_control()?;
     if let Some(r) = restored {
         ex.resume(r);
     }
@@ -245,20 +235,40 @@ pub async fn run(rt: Runtime, restored: Option<Restored>) -> anyhow::Result<i32>
         if let Some(code) = ex.machine.exit_code() {
             break code;
         }
-        if ex.reexec_pending && ex.machine.idle() {
-            // What already arrived goes to the machine first (a READY=1 read off a socket
-            // but not yet handled would be lost with this image's memory); a control request
-            // that starts a rollover postpones the reexec until it has ended.
-            while let Ok((worker, received)) = notify_rx.try_recv() {
-                ex.on_datagram(worker, received);
-            }
-            while let Ok(cmd) = control_rx.try_recv() {
-                ex.on_command(cmd);
-            }
-            ex.run_queue();
-            if ex.machine.idle() {
-                // Returns only if handoff could not hand over: it goes on as it was.
-                ex.reexec();
+        if ex.reexec_pending && ex.machine.idle() && ex.quiescing.is_none() {
+            // First no new control connection (they wait in the backlog, which the new
+            // image inherits), and the ones in flight answered: an answer due from this
+            // image would otherwise be a client's lost connection.
+            ex.stop_accepting();
+            ex.quiescing = Some(Instant::now());
+        }
+        if let Some(since) = ex.quiescing {
+            if !ex.reexec_pending || !ex.machine.idle() {
+                // A request in flight started a rollover: serve on, reexec when it is over.
+                ex.quiescing = None;
+                if let Err(e) = ex.serve_control() {
+                    error!("cannot serve the control socket again: {e}");
+                }
+            } else if ex.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0
+                || since.elapsed() > QUIESCE_LIMIT
+            {
+                // What already arrived goes to the machine first (a READY=1 read off a
+                // socket but not yet handled would be lost with this image's memory).
+                while let Ok((worker, received)) = notify_rx.try_recv() {
+                    ex.on_datagram(worker, received);
+                }
+                while let Ok(cmd) = control_rx.try_recv() {
+                    ex.on_command(cmd);
+                }
+                ex.run_queue();
+                if ex.machine.idle() {
+                    // Returns only if handoff could not hand over: it goes on as it was.
+                    ex.reexec();
+                    ex.quiescing = None;
+                    if let Err(e) = ex.serve_control() {
+                        error!("cannot serve the control socket again: {e}");
+                    }
+                }
                 continue;
             }
         }
@@ -295,14 +305,16 @@ pub async fn run(rt: Runtime, restored: Option<Restored>) -> anyhow::Result<i32>
                 ex.rt.notifier.send(&[NotifyState::Watchdog]);
             }
             _ = sleep_until(deadline), if deadline.is_some() => ex.tick(),
+            // Quiescing for a reexec: look again soon whether the connections in flight
+            // have been answered (their tasks tell nobody when they finish).
+            _ = tokio::time::sleep(Duration::from_millis(2)), if ex.quiescing.is_some() => {}
         }
     };
     if let Some(g) = &mut ex.rt.guard {
         g.goodbye();
     }
-    ex.control_task.abort();
-    if let Some(t) = status_task {
-        t.abort();
+    ex.stop_accepting();
+    if ex.status_keep.is_some() {
         let _ = std::fs::remove_file(&status_path);
     }
     let _ = std::fs::remove_file(&ex.rt.control_path);
@@ -765,6 +777,45 @@ impl Executor {
         );
     }
 
+    /// Starts the accept loops of the control (and status) sockets.
+    fn serve_control(&mut self) -> std::io::Result<()> {
+        let dup = |l: &std::os::unix::net::UnixListener| {
+            let l = l.try_clone()?;
+            l.set_nonblocking(true)?;
+            tokio::net::UnixListener::from_std(l)
+        };
+        let control = dup(&self.control_keep)?;
+        let status = self.status_keep.as_ref().map(dup).transpose()?;
+        self.accepting.push(
+            tokio::spawn(control::serve(
+                control,
+                self.control_tx.clone(),
+                control::Access::Full,
+                self.in_flight.clone(),
+            ))
+            .abort_handle(),
+        );
+        if let Some(l) = status {
+            self.accepting.push(
+                tokio::spawn(control::serve(
+                    l,
+                    self.control_tx.clone(),
+                    control::Access::StatusOnly,
+                    self.in_flight.clone(),
+                ))
+                .abort_handle(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Stops the accept loops: new connections wait in the sockets' backlogs.
+    fn stop_accepting(&mut self) {
+        for t in self.accepting.drain(..) {
+            t.abort();
+        }
+    }
+
     /// Binds the control socket again when its file is gone (the runtime dir was removed),
     /// so `handoff status` / `reload` keep working.
     fn ensure_control_socket(&mut self) {
@@ -773,15 +824,14 @@ impl Executor {
         }
         match control::bind(&self.rt.control_path) {
             Ok(listener) => {
-                use std::os::fd::AsRawFd;
-                self.control_fd = listener.as_raw_fd();
-                self.control_task.abort();
-                self.control_task = tokio::spawn(control::serve(
-                    listener,
-                    self.control_tx.clone(),
-                    control::Access::Full,
-                ))
-                .abort_handle();
+                let Ok(listener) = listener.into_std() else {
+                    return;
+                };
+                self.control_keep = listener;
+                self.stop_accepting();
+                if let Err(e) = self.serve_control() {
+                    error!("cannot serve the control socket again: {e}");
+                }
                 warn!(
                     "the control socket {} was gone; bound it again",
                     self.rt.control_path.display()

@@ -128,8 +128,8 @@ impl Executor {
                     created_path: l.created_path().map(|p| p.to_path_buf()),
                 })
                 .collect(),
-            control_fd: self.control_fd,
-            status_fd: self.status_fd,
+            control_fd: self.control_keep.as_raw_fd(),
+            status_fd: self.status_keep.as_ref().map(|l| l.as_raw_fd()),
             guard: rt.guard.as_ref().map(|g| (g.pid().as_raw(), g.pipe_fd())),
             notify: self
                 .notify
