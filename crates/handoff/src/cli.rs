@@ -98,6 +98,16 @@ pub fn man_sections(page: &str) -> String {
                 "Only when /opt/shop/package.json changed since the running generation started.",
             ),
         ],
+        "reexec" => &[
+            (
+                "handoff reexec --app shop",
+                "After upgrading the handoff package: shop's handoff runs the new binary, same pid, same workers.",
+            ),
+            (
+                "systemctl kill -s USR2 --kill-whom=main handoff@shop",
+                "The same, by signal (no answer: see handoff status).",
+            ),
+        ],
         "status" => &[
             (
                 "handoff status --app shop",
@@ -201,7 +211,8 @@ pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<std::path::
         written.push(path);
         Ok(())
     };
-    for sub in cmd.get_subcommands() {
+    // Hidden ones (`__check-state`, run by handoff itself) get no page.
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         render(
             sub.clone(),
             format!("handoff-{}", sub.get_name()),

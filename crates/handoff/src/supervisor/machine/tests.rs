@@ -7,6 +7,8 @@ use super::*;
 mod combo;
 /// Reloads that bring settings (a re-read config file) and `scale`.
 mod settings;
+/// Export and import of the state (`handoff reexec`).
+mod snapshot;
 
 const MS: Duration = Duration::from_millis(1);
 
