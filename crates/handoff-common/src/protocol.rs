@@ -251,6 +251,10 @@ pub struct ReexecReply {
     pub pid: u32,
     /// The workers' pids it took over, sorted.
     pub workers: Vec<i32>,
+    /// The workers' pids the old image wrote into the state at the exec, sorted: a client
+    /// checks that they are `workers`.
+    #[serde(default)]
+    pub handed_over: Vec<i32>,
     pub generation: u64,
     /// The binary that now runs.
     pub binary: PathBuf,

@@ -427,6 +427,7 @@ fn load_state(r: &Reexec) -> Result<(Runtime, supervisor::Restored), String> {
         reexecs: state.reexecs,
         last_status_line: state.last_status_line,
         failed: r.failed.clone(),
+        handed_over: state.workers,
     };
     // The state itself has been read.
     drop(f);
@@ -511,12 +512,12 @@ fn reexec_client(client: &handoff::cli::ClientArgs) -> i32 {
             return code;
         }
     };
-    let mut workers_before: Vec<i32> = before.workers.iter().map(|w| w.pid).collect();
-    workers_before.sort_unstable();
-    if reply.pid != before.pid || reply.workers != workers_before {
+    // The workers to compare with are those of the exec (the old image wrote them into the
+    // state), not those of `before`: a reexec waits for a running rollover to end.
+    if reply.pid != before.pid || reply.workers != reply.handed_over {
         eprintln!(
-            "handoff: reexec answered by pid {} with workers {:?}; before: pid {} with workers {:?}",
-            reply.pid, reply.workers, before.pid, workers_before
+            "handoff: reexec answered by pid {} with workers {:?}; handed over: pid {} with workers {:?}",
+            reply.pid, reply.workers, before.pid, reply.handed_over
         );
         return exit::FAILED;
     }

@@ -101,6 +101,9 @@ pub struct State {
     pub uptime: Duration,
     pub reexecs: u32,
     pub last_status_line: String,
+    /// The workers' pids at the exec, sorted (the new image answers with them).
+    #[serde(default)]
+    pub workers: Vec<i32>,
 }
 
 impl State {

@@ -110,6 +110,8 @@ pub struct Restored {
     pub last_status_line: String,
     /// The new image failed to restore and this (old) image took back over: why.
     pub failed: Option<String>,
+    /// The workers' pids the previous image handed over.
+    pub handed_over: Vec<i32>,
 }
 
 /// Runs handoff until it has shut down; returns the process exit code.

@@ -157,6 +157,17 @@ impl Executor {
             uptime: self.started.elapsed(),
             reexecs: self.reexecs,
             last_status_line: self.last_status_line.clone(),
+            workers: {
+                let mut w: Vec<i32> = self
+                    .machine
+                    .status(now)
+                    .workers
+                    .iter()
+                    .map(|w| w.pid)
+                    .collect();
+                w.sort_unstable();
+                w
+            },
         })
     }
 
@@ -197,6 +208,7 @@ impl Executor {
                 Response::Reexec(ReexecReply {
                     pid: std::process::id(),
                     workers,
+                    handed_over: r.handed_over.clone(),
                     generation: status.current_generation,
                     binary: self.rt.binary.clone(),
                     message,
