@@ -58,7 +58,6 @@ fn start_env(
         .map(|i| args[i + 1].parse().unwrap())
         .unwrap_or(1);
     let mut h = Handoff::start_program(
-        tag,
         Opts {
             args: a,
             worker: worker.unwrap_or_else(fixture),
@@ -234,6 +233,8 @@ fn reexec_under_load_fails_no_request_and_keeps_every_pid() {
     let after = h.status().unwrap();
     same_state(&before, &after);
     assert_eq!(after.reexecs, 3);
+    let human = String::from_utf8_lossy(&h.cli(&["status"], &[]).stdout).into_owned();
+    assert!(human.contains("reexec: 3 since start; last: ok"), "{human}");
     assert!(
         after
             .last_reexec
