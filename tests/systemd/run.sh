@@ -575,6 +575,18 @@ t_reexec() {
      && [ "$failed" = 0 ] && reexecs_at_least demo $((r0 + 2)); then
     ok "reexec: handoff reexec --app demo and SIGUSR2 under load: MainPID $pid1 unchanged, $nr1 restarts, unit $st/$sub, workers $w1 unchanged, generation $g1, $req requests, 0 failed"
   else bad "reexec: exit $rc; MainPID $pid0 -> $pid1; NRestarts $nr0 -> $nr1; unit $st/$sub; workers $w0 -> $w1; generation $g0 -> $g1; $failed/$req requests failed"; fi
+  # The handoff rpm's %posttrans, as rpm expands it (its /usr/bin/handoff pointed at the build):
+  # it finds the running handoff@demo.service and re-execs it.
+  if command -v rpmspec >/dev/null; then
+    rpmspec -P "$top/packaging/rpm/handoff.spec" 2>/dev/null | sed -n '/^%posttrans$/,/^exit 0$/p' | sed 1d \
+      | sed "s,/usr/bin/handoff,$BIN/handoff," > "$W/posttrans.sh"
+    local pt ptrc
+    pt=$(sx sh "$W/posttrans.sh" 2>&1); ptrc=$?
+    if [ "$ptrc" = 0 ] && grep -q "handoff@demo.service re-exec'd onto the new handoff" <<<"$pt" \
+       && [ "$(prop handoff@demo.service MainPID)" = "$pid0" ] && reexecs_at_least demo $((r0 + 3)); then
+      ok "reexec: the rpm's %posttrans re-execs the running instance: '$pt'"
+    else bad "reexec: %posttrans exit $ptrc: '$pt'; MainPID $(prop handoff@demo.service MainPID) (was $pid0)"; fi
+  else info "no rpmspec: the %posttrans scriptlet not run"; fi
   # And the re-exec'd handoff still reloads through systemd (ExecReload= on the same MAINPID).
   if sx systemctl reload handoff@demo.service && [ "$(curgen demo)" = $((g1 + 1)) ] \
      && [ "$(prop handoff@demo.service ActiveState)" = active ]; then
