@@ -274,12 +274,12 @@ fn reexec_under_load_fails_no_request_and_keeps_every_pid() {
 
 #[test]
 fn a_draining_worker_keeps_its_drain_deadline_across_reexec() {
-    let h = start("rx-drain", &["--drain-timeout", "4s"], "ignore-term", None);
+    let h = start("rx-drain", &["--drain-timeout", "6s"], "ignore-term", None);
     let stubborn = h.status().unwrap().workers[0].pid;
     release(&h, "ready");
     let t0 = Instant::now();
     assert_eq!(h.reload_cli(&[]).0, 0);
-    thread::sleep(Duration::from_millis(2500));
+    thread::sleep(Duration::from_millis(2000));
     let (code, out, err) = reexec(&h);
     assert_eq!(code, 0, "{out}{err}\n{}", h.log());
     assert!(
@@ -293,21 +293,22 @@ fn a_draining_worker_keeps_its_drain_deadline_across_reexec() {
             .any(|w| w.pid == stubborn && w.state == "draining"),
         "{st:#?}"
     );
-    // Killed at its deadline, 4 s after the reload: not 4 s after the reexec (6.5 s).
+    // Killed at its deadline, 6 s after the reload: not 6 s after the reexec (8 s and more;
+    // the margin is for a loaded machine, where a reexec of the debug build took 1.5 s).
     assert!(
-        wait_until(Duration::from_secs(10), || !pid_alive(stubborn)),
+        wait_until(Duration::from_secs(15), || !pid_alive(stubborn)),
         "never killed"
     );
     let killed = t0.elapsed();
     eprintln!(
-        "draining worker killed {killed:?} after the reload (drain timeout 4 s, reexec at 2.5 s)"
+        "draining worker killed {killed:?} after the reload (drain timeout 6 s, reexec at 2 s)"
     );
     assert!(
-        killed >= Duration::from_millis(3900),
+        killed >= Duration::from_millis(5900),
         "killed early: {killed:?}"
     );
     assert!(
-        killed < Duration::from_millis(5800),
+        killed < Duration::from_millis(7500),
         "deadline not kept: {killed:?}\n{}",
         h.log()
     );
