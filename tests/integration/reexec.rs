@@ -18,7 +18,14 @@ fn install(dir: &Path, from: &Path) -> PathBuf {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let tmp = bin.join(".handoff.new");
-    std::fs::copy(from, &tmp).unwrap();
+    // Copied by cp, not by this process: a test thread forking meanwhile would hold the write
+    // fd until its exec, and an exec of the file then fails with ETXTBSY (Text file busy).
+    let cp = std::process::Command::new("cp")
+        .arg(from)
+        .arg(&tmp)
+        .status()
+        .unwrap();
+    assert!(cp.success());
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
     let dest = bin.join("handoff");
     std::fs::rename(&tmp, &dest).unwrap();
