@@ -128,7 +128,12 @@ impl Handoff {
     /// As [`Handoff::start`], with handoff run under `wrap` (e.g. `prlimit --nofile=64:4096`).
     /// A `--runtime-dir` in `o.args` replaces the temp dir's `rt`.
     pub fn start_wrapped(tag: &str, o: Opts, wrap: &[String]) -> Handoff {
-        let dir = TempDir::new(tag);
+        Handoff::start_program(o, wrap, &handoff_bin(), TempDir::new(tag))
+    }
+
+    /// As [`Handoff::start`], running the handoff binary at `program` (a copy a test then
+    /// replaces, for `handoff reexec`), with `dir` as its temp dir.
+    pub fn start_program(o: Opts, wrap: &[String], program: &Path, dir: TempDir) -> Handoff {
         let runtime_dir = match o.args.iter().position(|a| a == "--runtime-dir") {
             Some(i) => PathBuf::from(&o.args[i + 1]),
             None => dir.path().join("rt"),
@@ -141,10 +146,10 @@ impl Handoff {
         let mut cmd = match wrap.split_first() {
             Some((w, rest)) => {
                 let mut c = Command::new(w);
-                c.args(rest).arg(handoff_bin());
+                c.args(rest).arg(program);
                 c
             }
-            None => Command::new(handoff_bin()),
+            None => Command::new(program),
         };
         cmd.arg("run");
         if !o.args.iter().any(|a| a == "--runtime-dir") {

@@ -9,6 +9,7 @@ mod health;
 mod hostile;
 mod operator;
 mod pinned;
+mod reexec;
 mod robustness;
 mod rollover;
 mod stability;

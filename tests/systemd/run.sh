@@ -544,6 +544,56 @@ t_inject() {
   sx systemctl stop handoff@inj.service handoff@inj.socket 2>/dev/null
 }
 
+# ---- issue 12: handoff reexec under systemd -------------------------------------------------------
+# `handoff reexec --app demo` (what the rpm's %posttrans runs) and SIGUSR2 sent by systemctl kill,
+# under load: the same MAINPID (no restart, the unit stays active), the same workers, 0 failures.
+reexecs_at_least() { [ "$(hj "$1" 'd.get("reexecs", 0)')" -ge "$2" ] 2>/dev/null; }
+t_reexec() {
+  sx systemctl start handoff@demo.socket handoff@demo.service || { bad "reexec: start handoff@demo"; return; }
+  sb_wait handoff@demo.service active 30 >/dev/null
+  local pid0 pid1 nr0 nr1 w0 w1 g0 g1 r0 st sub out rc t0 t1 failed req
+  pid0=$(prop handoff@demo.service MainPID); nr0=$(prop handoff@demo.service NRestarts)
+  w0=$(hj demo 'sorted(w["pid"] for w in d["workers"])'); g0=$(curgen demo)
+  r0=$(hj demo 'd.get("reexecs", 0)')
+  loadgen_start reexec "$P_DEMO" --concurrency 4 --max-seconds 60 --timeout 10
+  sleep 0.5
+  t0=$(now_ms)
+  out=$(sx "$BIN/handoff" reexec --app demo 2>&1); rc=$?
+  t1=$(now_ms)
+  sleep 0.3
+  sx systemctl kill -s USR2 --kill-whom=main handoff@demo.service
+  wait_for 10 reexecs_at_least demo $((r0 + 2)) || info "reexecs after SIGUSR2: $(hj demo 'd.get("reexecs")')"
+  sleep 0.5
+  loadgen_stop reexec
+  pid1=$(prop handoff@demo.service MainPID); nr1=$(prop handoff@demo.service NRestarts)
+  st=$(prop handoff@demo.service ActiveState); sub=$(prop handoff@demo.service SubState)
+  w1=$(hj demo 'sorted(w["pid"] for w in d["workers"])'); g1=$(curgen demo)
+  failed=$(lg_failed reexec); req=$(lg reexec 'd["requests"]')
+  info "handoff reexec --app demo: exit $rc in $((t1 - t0)) ms: $out"
+  if [ "$rc" = 0 ] && [ -n "$pid0" ] && [ "$pid0" = "$pid1" ] && [ "$nr0" = "$nr1" ] \
+     && [ "$st/$sub" = active/running ] && [ "$w0" = "$w1" ] && [ "$g0" = "$g1" ] \
+     && [ "$failed" = 0 ] && reexecs_at_least demo $((r0 + 2)); then
+    ok "reexec: handoff reexec --app demo and SIGUSR2 under load: MainPID $pid1 unchanged, $nr1 restarts, unit $st/$sub, workers $w1 unchanged, generation $g1, $req requests, 0 failed"
+  else bad "reexec: exit $rc; MainPID $pid0 -> $pid1; NRestarts $nr0 -> $nr1; unit $st/$sub; workers $w0 -> $w1; generation $g0 -> $g1; $failed/$req requests failed"; fi
+  # The handoff rpm's %posttrans, as rpm expands it (its /usr/bin/handoff pointed at the build):
+  # it finds the running handoff@demo.service and re-execs it.
+  if command -v rpmspec >/dev/null; then
+    rpmspec -P "$top/packaging/rpm/handoff.spec" 2>/dev/null | sed -n '/^%posttrans$/,/^exit 0$/p' | sed 1d \
+      | sed "s,/usr/bin/handoff,$BIN/handoff," > "$W/posttrans.sh"
+    local pt ptrc
+    pt=$(sx sh "$W/posttrans.sh" 2>&1); ptrc=$?
+    if [ "$ptrc" = 0 ] && grep -q "handoff@demo.service re-exec'd onto the new handoff" <<<"$pt" \
+       && [ "$(prop handoff@demo.service MainPID)" = "$pid0" ] && reexecs_at_least demo $((r0 + 3)); then
+      ok "reexec: the rpm's %posttrans re-execs the running instance: '$pt'"
+    else bad "reexec: %posttrans exit $ptrc: '$pt'; MainPID $(prop handoff@demo.service MainPID) (was $pid0)"; fi
+  else info "no rpmspec: the %posttrans scriptlet not run"; fi
+  # And the re-exec'd handoff still reloads through systemd (ExecReload= on the same MAINPID).
+  if sx systemctl reload handoff@demo.service && [ "$(curgen demo)" = $((g1 + 1)) ] \
+     && [ "$(prop handoff@demo.service ActiveState)" = active ]; then
+    ok "reexec: systemctl reload afterwards rolls over to generation $((g1 + 1)); unit active"
+  else bad "reexec: systemctl reload after the reexec: generation $(curgen demo), unit $(prop handoff@demo.service ActiveState)"; fi
+}
+
 # issue 14: priorities and per-slot tags
 . "$here/journal.sh"
 # issue 12: pinned releases with the symlink layout; config reload
@@ -551,7 +601,7 @@ t_inject() {
 
 # Which checks run, each once, in this order (all by default); CHECKS="t_activating" runs a
 # subset while developing one.
-CHECKS=${CHECKS:-t_sa t_status t_inject t_reloads t_broken t_trigger t_journal t_journal_priorities t_kill9 t_stop t_notify_reload t_multi t_activating t_symlink_layout t_config_reload}
+CHECKS=${CHECKS:-t_sa t_status t_inject t_reloads t_broken t_trigger t_journal t_journal_priorities t_kill9 t_stop t_notify_reload t_multi t_activating t_symlink_layout t_config_reload t_reexec}
 for c in $CHECKS; do "$c"; done
 failed_units=$(sx systemctl --failed --no-legend --plain 2>/dev/null | grep -v '^handoff-trigger@demo.service' | grep . || true)
 [ -z "$failed_units" ] && ok "no unexpected failed units in the sandbox" || bad "failed units: $failed_units"

@@ -49,6 +49,11 @@ pub enum Request {
     RestartWorker {
         slot: usize,
     },
+    /// `handoff reexec`: exec the binary installed at the path handoff was started from,
+    /// carrying the whole state over. Answered by the new binary, on the same connection,
+    /// with [`Response::Reexec`]; by the old one with [`Response::Error`] when it could not
+    /// hand over (it keeps running unchanged).
+    Reexec,
 }
 
 /// How often a `reload-keepalive` connection hears from handoff while the rollover runs.
@@ -322,6 +327,12 @@ pub struct StatusReport {
     /// The one-line summary handoff sends systemd (`STATUS=`, what `systemctl status` shows).
     #[serde(default)]
     pub status_line: Option<String>,
+    /// Successful `handoff reexec`s since handoff started.
+    #[serde(default)]
+    pub reexecs: u32,
+    /// How the last `handoff reexec` ended, when there was one.
+    #[serde(default)]
+    pub last_reexec: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -332,6 +343,24 @@ pub enum Response {
     Error(String),
     /// A sign of life while a `reload-keepalive` waits: what the rollover is doing.
     Progress(String),
+    Reexec(ReexecReply),
+}
+
+/// The answer of a re-exec'd handoff: what it restored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReexecReply {
+    /// handoff's pid: the same as before the exec.
+    pub pid: u32,
+    /// The workers' pids it took over, sorted.
+    pub workers: Vec<i32>,
+    /// The workers' pids the old image wrote into the state at the exec, sorted: a client
+    /// checks that they are `workers`.
+    #[serde(default)]
+    pub handed_over: Vec<i32>,
+    pub generation: u64,
+    /// The binary that now runs.
+    pub binary: PathBuf,
+    pub message: String,
 }
 
 #[derive(Debug, thiserror::Error)]

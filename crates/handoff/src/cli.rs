@@ -46,6 +46,17 @@ pub enum Sub {
     /// restarts, crashes and last exit of its slot) and the last rollover.
     #[command(after_help = exit_help())]
     Status(StatusArgs),
+    /// Replace the running handoff by the binary now installed at the path it was started
+    /// from (after a package upgrade), keeping its pid, sockets and workers: no worker is
+    /// signalled. Waits for a running rollover to end first. Exit 0 once the new binary
+    /// answers with the same handoff pid and worker pids; otherwise the old handoff still
+    /// runs, unchanged.
+    #[command(after_help = exit_help())]
+    Reexec(ReexecArgs),
+    /// The pre-flight of `handoff reexec`: read a state from stdin, check this binary can
+    /// restore it, answer the handshake (internal: the running handoff runs it).
+    #[command(hide = true, name = "__check-state")]
+    CheckState,
     /// Write the man pages (handoff.1, handoff-run.1, ...) into DIR (for packagers).
     Man {
         #[arg(value_name = "DIR")]
@@ -90,6 +101,16 @@ pub fn man_sections(page: &str) -> String {
             (
                 "handoff reload --app shop --if-changed",
                 "Only when /opt/shop/package.json changed since the running generation started.",
+            ),
+        ],
+        "reexec" => &[
+            (
+                "handoff reexec --app shop",
+                "After upgrading the handoff package: shop's handoff runs the new binary, same pid, same workers.",
+            ),
+            (
+                "systemctl kill -s USR2 --kill-whom=main handoff@shop",
+                "The same, by signal (no answer: see handoff status).",
             ),
         ],
         "status" => &[
@@ -196,7 +217,8 @@ pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<std::path::
         written.push(path);
         Ok(())
     };
-    for sub in cmd.get_subcommands() {
+    // Hidden ones (`__check-state`, run by handoff itself) get no page.
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         render(
             sub.clone(),
             format!("handoff-{}", sub.get_name()),
@@ -386,6 +408,12 @@ pub struct ScaleArgs {
     /// Workers of the new generation (1 to 4096, the cap `workers` has).
     #[arg(value_name = "N", value_parser = config::parse_workers)]
     pub workers: usize,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReexecArgs {
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -22,21 +22,21 @@ pub const DEFAULT_MIN_UPTIME: Duration = Duration::from_secs(5);
 pub const MAX_WORKERS: usize = 4096;
 
 /// Where a listening socket comes from when handoff binds it itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ListenAddr {
     Tcp(SocketAddr),
     Unix(PathBuf),
 }
 
 /// `[NAME=]ADDR` from `--listen` or the `listen` list.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ListenSpec {
     pub name: Option<String>,
     pub addr: ListenAddr,
 }
 
 /// How a worker tells it is ready.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ReadyMode {
     /// `READY=1` on the worker's `NOTIFY_SOCKET`.
     Notify,
@@ -44,8 +44,9 @@ pub enum ReadyMode {
     Delay(Duration),
 }
 
-/// Validated settings for `handoff run`.
-#[derive(Debug, Clone)]
+/// Validated settings for `handoff run`. Serde: `handoff reexec` carries them over the exec
+/// (the file on disk may have changed since start; those bound at start must not).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Settings {
     pub listen: Vec<ListenSpec>,
     pub workers: usize,
@@ -54,6 +55,7 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// New workers must stay up this long past `READY=1` before the rollover counts.
     pub min_uptime: Duration,
+    #[serde(with = "crate::supervisor::machine::snapshot::signal")]
     pub drain_signal: Signal,
     /// Per-worker watchdog: a ready worker must send `WATCHDOG=1` this often.
     pub watchdog: Option<Duration>,
@@ -80,8 +82,9 @@ pub struct Settings {
     pub working_directory: Option<PathBuf>,
 }
 
-/// Every setting, each optional: what one source (file or command line) said.
-#[derive(Debug, Clone, Default)]
+/// Every setting, each optional: what one source (file or command line) said. Serde:
+/// `handoff reexec` carries the command line's over the exec.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Options {
     pub listen: Option<Vec<ListenSpec>>,
     pub workers: Option<usize>,
@@ -89,6 +92,7 @@ pub struct Options {
     pub ready_timeout: Option<Duration>,
     pub drain_timeout: Option<Duration>,
     pub min_uptime: Option<Duration>,
+    #[serde(with = "crate::supervisor::machine::snapshot::opt_signal")]
     pub drain_signal: Option<Signal>,
     /// Zero: off (as `WatchdogSec=0`), so the command line can turn off the file's.
     pub watchdog: Option<Duration>,

@@ -24,6 +24,10 @@ pub const HANDOFF_ONLY: &[&str] = &[
     "LISTEN_PID",
     "LISTEN_FDS",
     "LISTEN_FDNAMES",
+    // `handoff reexec`'s handover (reexec.rs), set for the new image alone.
+    crate::reexec::STATE_ENV,
+    crate::reexec::FALLBACK_ENV,
+    crate::reexec::FAILED_ENV,
 ];
 
 /// What systemd gives the service's main process (handoff) alone; a worker must not act on

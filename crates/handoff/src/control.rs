@@ -35,6 +35,11 @@ pub enum Command {
     Status {
         reply: oneshot::Sender<StatusReport>,
     },
+    /// `handoff reexec`: the connection itself goes to the supervisor, which carries it over
+    /// the exec so the new binary answers on it (or answers an error itself).
+    Reexec {
+        stream: std::os::unix::net::UnixStream,
+    },
 }
 
 /// Binds the control socket. A socket file left by a crashed handoff is replaced; one that a
@@ -107,11 +112,34 @@ pub enum Access {
     StatusOnly,
 }
 
-/// Accepts control connections forever, passing each request to the supervisor.
+/// Connections accepted and not yet answered, on every control socket: a `handoff reexec`
+/// waits for them to be answered before the exec (an answer written by nobody would be a
+/// client's lost connection).
+pub type InFlight = std::sync::Arc<std::sync::atomic::AtomicUsize>;
+
+/// Counts one connection in [`InFlight`] while it lives.
+struct Counted(InFlight);
+
+impl Counted {
+    fn new(n: &InFlight) -> Counted {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Counted(n.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Accepts control connections forever (until the task is aborted), passing each request to
+/// the supervisor.
 pub async fn serve(
     listener: tokio::net::UnixListener,
     to_supervisor: mpsc::Sender<Command>,
     access: Access,
+    in_flight: InFlight,
 ) {
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -121,11 +149,13 @@ pub async fn serve(
         match listener.accept().await {
             Ok((stream, _)) => {
                 let tx = to_supervisor.clone();
+                let counted = Counted::new(&in_flight);
                 tokio::spawn(async move {
                     if let Err(e) = handle(stream, tx, access).await {
                         tracing::debug!("control connection: {e}");
                     }
                     drop(permit);
+                    drop(counted);
                 });
             }
             Err(e) => {
@@ -163,12 +193,22 @@ async fn handle(
                 Request::Reload { .. }
                 | Request::ReloadKeepalive { .. }
                 | Request::Scale { .. }
-                | Request::RestartWorker { .. },
+                | Request::RestartWorker { .. }
+                | Request::Reexec,
             ) if access == Access::StatusOnly => Response::Error(
-                "this is the read-only status socket: reload, scale and restart-worker need \
-                 the control socket (run `handoff reload` as root)"
+                "this is the read-only status socket: reload, scale, restart-worker and reexec \
+                 need the control socket (run `handoff reload` as root)"
                     .into(),
             ),
+            Ok(Request::Reexec) => {
+                let read = reader.into_inner().into_inner();
+                let stream = read
+                    .reunite(write)
+                    .map_err(|_| io::Error::other("halves of two streams"))?
+                    .into_std()?;
+                let _ = tx.send(Command::Reexec { stream }).await;
+                return Ok(());
+            }
             Ok(Request::Reload { if_changed }) => {
                 let (reply, rx) = oneshot::channel();
                 let _ = tx.send(Command::Reload { if_changed, reply }).await;

@@ -51,6 +51,19 @@ impl Guard {
         self.pid
     }
 
+    /// The pipe's fd, for `handoff reexec` (the guard must not see it close).
+    pub fn pipe_fd(&self) -> std::os::fd::RawFd {
+        self.pipe.as_raw_fd()
+    }
+
+    /// The guard of the handoff before a `handoff reexec`: the same child, the same pipe.
+    pub fn restored(pid: i32, pipe: OwnedFd) -> Guard {
+        Guard {
+            pipe: std::fs::File::from(pipe),
+            pid: Pid::from_raw(pid),
+        }
+    }
+
     /// A process group to take care of if handoff dies.
     pub fn watch(&mut self, pgid: i32) {
         self.send(pgid);

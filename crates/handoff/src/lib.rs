@@ -13,6 +13,7 @@
 //! - [`usage`]: what each worker's process tree uses (RSS, CPU time), sampled from /proc.
 //! - [`control`]: the control socket's server side (the wire types are in
 //!   `handoff_common::protocol`).
+//! - [`reexec`]: `handoff reexec`, handoff replacing its own program over its state.
 //! - [`config`]: the TOML file and command-line settings; [`cli`]: the command line.
 //! - [`pinned`]: a generation's `working_directory`, resolved once (the `current` symlink layout).
 
@@ -26,6 +27,7 @@ pub mod listeners;
 pub mod notify;
 pub mod pinned;
 pub mod priority;
+pub mod reexec;
 pub mod render;
 pub mod spawn;
 pub mod supervisor;

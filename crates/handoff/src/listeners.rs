@@ -32,6 +32,26 @@ impl Listener {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+
+    /// The unix socket path handoff created (removed when handoff exits).
+    pub fn created_path(&self) -> Option<&std::path::Path> {
+        self.created_path.as_deref()
+    }
+
+    /// A listener carried over `handoff reexec`, by its fd.
+    pub fn restored(
+        name: String,
+        describe: String,
+        fd: OwnedFd,
+        created_path: Option<PathBuf>,
+    ) -> Listener {
+        Listener {
+            name,
+            describe,
+            fd,
+            created_path,
+        }
+    }
 }
 
 impl Drop for Listener {

@@ -10,6 +10,7 @@ use handoff::exit;
 use handoff::notify::SystemdNotifier;
 use handoff::paths;
 use handoff::protocol::{self, ClientError, Request, Response};
+use handoff::reexec;
 use handoff::supervisor::{self, Runtime};
 use handoff::text::printable;
 
@@ -18,6 +19,20 @@ struct Inherited {
     activated: Vec<(i32, String)>,
     notify_socket: Option<String>,
     watchdog: Option<std::time::Duration>,
+    /// This is the new image of a `handoff reexec`.
+    reexec: Option<Reexec>,
+}
+
+/// The handover variables of a `handoff reexec` (see `handoff::reexec`).
+struct Reexec {
+    /// `HANDOFF_REEXEC_STATE`: the state's fd, as given (parsed when restoring, so that even
+    /// a garbled value ends in the fallback).
+    state: String,
+    /// `HANDOFF_REEXEC_FALLBACK`: (old image fd, state fd), when there is an image to fall
+    /// back to.
+    fallback: Option<(i32, i32)>,
+    /// `HANDOFF_REEXEC_FAILED`: this is the old image, back after the new one failed.
+    failed: Option<String>,
 }
 
 /// Reads and strips the variables meant for handoff alone (socket activation, notify,
@@ -36,6 +51,14 @@ fn take_inherited() -> anyhow::Result<Inherited> {
         Vec::new()
     };
     let notify_socket = std::env::var("NOTIFY_SOCKET").ok();
+    let reexec = std::env::var(reexec::STATE_ENV).ok().map(|state| Reexec {
+        state,
+        fallback: std::env::var(reexec::FALLBACK_ENV).ok().and_then(|v| {
+            let (a, b) = v.split_once(':')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        }),
+        failed: std::env::var(reexec::FAILED_ENV).ok(),
+    });
     // As libsystemd's sd_watchdog_enabled(): WATCHDOG_PID, when set, must be ours. (The
     // sd-notify crate also requires it to be set, which systemd always does but a test
     // harness cannot, not knowing our pid in advance.)
@@ -55,8 +78,14 @@ fn take_inherited() -> anyhow::Result<Inherited> {
         }
     }
     // Strays inherited from our own parent must not reach workers or hooks: mark every fd
-    // past stdio and the activated sockets close-on-exec.
-    let first_stray = 3 + activated.len() as libc::c_long;
+    // past stdio and the activated sockets close-on-exec. Not yet after a reexec: the fds
+    // the state names must still reach the old image if this one fails to restore
+    // (`restore` does it once restored).
+    let first_stray = if reexec.is_some() {
+        libc::c_uint::MAX as libc::c_long
+    } else {
+        3 + activated.len() as libc::c_long
+    };
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on fds; no memory involved.
     #[allow(unsafe_code)]
     unsafe {
@@ -71,11 +100,20 @@ fn take_inherited() -> anyhow::Result<Inherited> {
         activated,
         notify_socket,
         watchdog,
+        reexec,
     })
 }
 
 fn main() -> ExitCode {
-    let inherited = take_inherited();
+    let mut inherited = take_inherited();
+    // The new image of a `handoff reexec`: the state, not the command line, says what to do.
+    if let Ok(inh) = &mut inherited
+        && let Some(r) = inh.reexec.take()
+    {
+        let verbose = Cli::try_parse().map_or(0, |c| c.verbose);
+        handoff_common::logging::init(verbose);
+        return ExitCode::from(restore(r) as u8);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -110,6 +148,8 @@ fn main() -> ExitCode {
             &mut |path, idle, progress| protocol::restart_worker(path, args.slot, idle, progress),
         ),
         Sub::Status(args) => status(&args.client, args.json),
+        Sub::Reexec(args) => reexec_client(&args.client),
+        Sub::CheckState => reexec::check_state_stdin(),
         Sub::Man { dir } => match handoff::cli::write_man_pages(&dir) {
             Ok(pages) => {
                 for p in pages {
@@ -244,6 +284,11 @@ fn prepare_and_run(
         }
     };
     let rt = Runtime {
+        binary: std::env::current_exe().context("resolving handoff's own path")?,
+        argv: std::env::args_os()
+            .map(|a| reexec::os_to_bytes(&a))
+            .collect(),
+        notify_socket: inh.notify_socket.clone(),
         settings,
         config,
         listeners,
@@ -262,7 +307,227 @@ fn prepare_and_run(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(supervisor::run(rt))
+    runtime.block_on(supervisor::run(rt, None))
+}
+
+/// The new image of a `handoff reexec`: take over from the state, or fall back to the old
+/// image with it.
+fn restore(r: Reexec) -> i32 {
+    let why = match load_state(&r) {
+        Ok((rt, restored)) => {
+            // The state's fds are ours now; the old image's fd is not needed any more.
+            if let Some((image, _)) = r.fallback {
+                let _ = nix::unistd::close(image);
+            }
+            reexec::cloexec_all();
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return exit::SOFTWARE;
+                }
+            };
+            return match runtime.block_on(supervisor::run(rt, Some(restored))) {
+                Ok(code) => code,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    exit::SOFTWARE
+                }
+            };
+        }
+        Err(e) => e,
+    };
+    tracing::error!("reexec: cannot take over from the state: {why}");
+    let Some((image, state_fd)) = r.fallback else {
+        return exit::SOFTWARE;
+    };
+    // Back to the old image, with the same state; it tells the client why.
+    tracing::warn!("reexec: falling back to the previous handoff image");
+    let _ = reexec::set_cloexec(image, true);
+    let _ = reexec::set_cloexec(state_fd, false);
+    let mut env: Vec<Vec<u8>> = std::env::vars_os()
+        .map(|(k, v)| reexec::env_entry(k.as_encoded_bytes(), v.as_encoded_bytes()))
+        .collect();
+    env.push(reexec::env_entry(
+        reexec::STATE_ENV.as_bytes(),
+        state_fd.to_string().as_bytes(),
+    ));
+    env.push(reexec::env_entry(
+        reexec::FAILED_ENV.as_bytes(),
+        why.replace('\n', " ").as_bytes(),
+    ));
+    let argv: Vec<Vec<u8>> = std::env::args_os()
+        .map(|a| reexec::os_to_bytes(&a))
+        .collect();
+    let e = reexec::fexec(image, &argv, &env);
+    tracing::error!("reexec: cannot fall back to the previous image: {e}");
+    exit::SOFTWARE
+}
+
+/// The runtime and the executor's restored state, from the state the old image wrote. Takes
+/// ownership of no fd until every one is known to be open, so that a failure leaves them all
+/// for the fallback.
+fn load_state(r: &Reexec) -> Result<(Runtime, supervisor::Restored), String> {
+    use std::os::fd::FromRawFd;
+    let fd: i32 = r
+        .state
+        .parse()
+        .map_err(|_| format!("{} = {:?} is no fd", reexec::STATE_ENV, r.state))?;
+    // A new open of the memfd: its own offset, and the fd itself stays for a fallback.
+    let mut f = std::fs::File::open(format!("/proc/self/fd/{fd}"))
+        .map_err(|e| format!("cannot open the state (fd {fd}): {e}"))?;
+    let state = reexec::read_state(&mut f)?;
+    for fd in state.fds() {
+        nix::fcntl::fcntl(
+            // SAFETY: borrowed only for this F_GETFD; a closed number is EBADF.
+            unsafe_borrow(fd),
+            nix::fcntl::FcntlArg::F_GETFD,
+        )
+        .map_err(|e| format!("fd {fd} named by the state: {e}"))?;
+    }
+    let machine = handoff::supervisor::machine::Machine::import(
+        state.machine.clone(),
+        std::time::Instant::now(),
+    )
+    .map_err(|e| format!("the machine's state: {e}"))?;
+    let notifier = SystemdNotifier::new(state.notify_socket.as_deref())
+        .map_err(|e| format!("NOTIFY_SOCKET: {e}"))?;
+    // From here on nothing fails: every fd is taken.
+    // SAFETY (each take_fd): the previous image left these fds open for us alone.
+    #[allow(unsafe_code)]
+    let take = |fd| unsafe { reexec::take_fd(fd) };
+    let listeners = state
+        .listeners
+        .into_iter()
+        .map(|l| {
+            handoff::listeners::Listener::restored(l.name, l.describe, take(l.fd), l.created_path)
+        })
+        .collect();
+    let guard = state
+        .guard
+        .map(|(pid, fd)| handoff::guard::Guard::restored(pid, take(fd)));
+    let restored = supervisor::Restored {
+        machine,
+        control: std::os::unix::net::UnixListener::from(take(state.control_fd)),
+        status: state
+            .status_fd
+            .map(|fd| std::os::unix::net::UnixListener::from(take(fd))),
+        notify: state
+            .notify
+            .into_iter()
+            .map(|n| (n.worker, take(n.fd), n.path, n.allowed_uids, n.owner))
+            .collect(),
+        hooks: state.hooks,
+        replies: state
+            .replies
+            .into_iter()
+            .map(|fd| std::os::unix::net::UnixStream::from(take(fd)))
+            .collect(),
+        next_waiter: state.next_waiter,
+        traversable: state.traversable,
+        uptime: state.uptime,
+        reexecs: state.reexecs,
+        last_status_line: state.last_status_line,
+        failed: r.failed.clone(),
+        handed_over: state.workers,
+    };
+    // The state itself has been read.
+    drop(f);
+    #[allow(unsafe_code)]
+    drop(unsafe { std::fs::File::from_raw_fd(fd) });
+    let rt = Runtime {
+        settings: state.settings,
+        config: state.config,
+        listeners,
+        base_env: state
+            .base_env
+            .iter()
+            .map(|(k, v)| (reexec::bytes_to_os(k), reexec::bytes_to_os(v)))
+            .collect(),
+        notifier,
+        watchdog: state.watchdog,
+        runtime_dir: state.runtime_dir,
+        control_path: state.control_path,
+        credentials: state.credentials,
+        nofile: state.nofile,
+        guard,
+        status_gid: state.status_gid,
+        binary: state.binary,
+        argv: state.argv,
+        notify_socket: state.notify_socket,
+    };
+    Ok((rt, restored))
+}
+
+fn unsafe_borrow(fd: i32) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: used for one fcntl(F_GETFD) on a number that may be closed (EBADF then).
+    #[allow(unsafe_code)]
+    unsafe {
+        std::os::fd::BorrowedFd::borrow_raw(fd)
+    }
+}
+
+/// `handoff reexec`: ask, then check the answer against what ran before.
+fn reexec_client(client: &handoff::cli::ClientArgs) -> i32 {
+    let path = client.control_path();
+    let before = match protocol::request(&path, &Request::Status, client.timeout()) {
+        Ok(Response::Status(r)) => r,
+        Ok(_) => {
+            eprintln!(
+                "handoff: {} answered a status request with something else",
+                path.display()
+            );
+            return exit::SOFTWARE;
+        }
+        Err(e) => return client_error(e, client),
+    };
+    let fallback_hint = |pid: u32| {
+        format!(
+            "handoff (pid {pid}) keeps running its current binary. To run the new one anyway: `systemctl restart {}` (a cold restart: the workers are restarted too)",
+            client.unit()
+        )
+    };
+    // The reexec waits for a running rollover to end first: give it that long.
+    let timeout = client
+        .timeout()
+        .map(|t| t.max(std::time::Duration::from_secs(60)));
+    let reply = match protocol::request(&path, &Request::Reexec, timeout) {
+        Ok(Response::Reexec(r)) => r,
+        Ok(_) => {
+            eprintln!(
+                "handoff: {} answered a reexec with something else",
+                path.display()
+            );
+            return exit::SOFTWARE;
+        }
+        Err(ClientError::Refused(why)) => {
+            eprintln!("handoff: reexec failed: {}", printable(&why));
+            eprintln!("handoff: {}", fallback_hint(before.pid));
+            return exit::FAILED;
+        }
+        Err(e) => {
+            let code = client_error(e, client);
+            eprintln!(
+                "handoff: the reexec's outcome is unknown: see `{}`",
+                client.command_line("status")
+            );
+            return code;
+        }
+    };
+    // The workers to compare with are those of the exec (the old image wrote them into the
+    // state), not those of `before`: a reexec waits for a running rollover to end.
+    if reply.pid != before.pid || reply.workers != reply.handed_over {
+        eprintln!(
+            "handoff: reexec answered by pid {} with workers {:?}; handed over: pid {} with workers {:?}",
+            reply.pid, reply.workers, before.pid, reply.handed_over
+        );
+        return exit::FAILED;
+    }
+    println!("{}", printable(&reply.message));
+    0
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit: systemd starts services at 1024, which

@@ -239,6 +239,28 @@ impl NotifySocket {
         self.owner = pid;
     }
 
+    /// What `handoff reexec` carries over: (fd, allowed uids, owner).
+    pub fn handover(&self) -> (std::os::fd::RawFd, Vec<u32>, i32) {
+        (self.sock.as_raw_fd(), self.allowed_uids.clone(), self.owner)
+    }
+
+    /// A notify socket carried over `handoff reexec` (inside the runtime).
+    pub fn restored(
+        fd: std::os::fd::OwnedFd,
+        path: PathBuf,
+        allowed_uids: Vec<u32>,
+        owner: i32,
+    ) -> io::Result<Self> {
+        let sock = std::os::unix::net::UnixDatagram::from(fd);
+        sock.set_nonblocking(true)?;
+        Ok(NotifySocket {
+            sock: tokio::net::UnixDatagram::from_std(sock)?,
+            path,
+            allowed_uids,
+            owner,
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -361,6 +361,15 @@ pub fn status(r: &StatusReport) -> String {
             r.log_lines_dropped
         );
     }
+    if let Some(last) = &r.last_reexec {
+        // The message can quote a path: no control characters on the terminal.
+        let _ = writeln!(
+            o,
+            "reexec: {} since start; last: {}",
+            r.reexecs,
+            printable(last)
+        );
+    }
     o
 }
 

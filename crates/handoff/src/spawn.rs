@@ -48,7 +48,7 @@ pub struct WorkerSpec<'a> {
 }
 
 /// Who workers run as, resolved once at start (name lookups are not fork-safe).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Credentials {
     pub uid: u32,
     pub gid: u32,

@@ -37,6 +37,12 @@ use crate::notify::{NotifySocket, Received};
 use crate::pinned;
 use crate::spawn::{self, Credentials, WorkerSpec};
 
+mod handover;
+
+/// How long a reexec waits for control connections in flight to be answered (a client
+/// that connected and says nothing holds one for up to `control::REQUEST_TIMEOUT`).
+const QUIESCE_LIMIT: Duration = Duration::from_secs(1);
+
 /// How long reading the version file may take (it lives on the app's disk, maybe NFS).
 const VERSION_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -72,18 +78,56 @@ struct Executor {
     started: Instant,
     /// For binding the control socket again if its file was removed.
     control_tx: mpsc::Sender<Command>,
-    control_task: AbortHandle,
+    /// The control socket and the read-only status socket; their accept loops (on
+    /// duplicates) while they run; the connections accepted and not yet answered.
+    control_keep: std::os::unix::net::UnixListener,
+    status_keep: Option<std::os::unix::net::UnixListener>,
+    accepting: Vec<AbortHandle>,
+    in_flight: control::InFlight,
+    /// A reexec stopped accepting at this time and waits for the connections in flight.
+    quiescing: Option<Instant>,
     /// The machine asked for a look at handoff's children (done once the queue is empty).
     scan_pending: bool,
+    /// `handoff reexec` / SIGUSR2 asked for; done once the machine is idle.
+    reexec_pending: bool,
+    /// Control connections waiting for the reexec's answer.
+    reexec_replies: Vec<std::os::unix::net::UnixStream>,
+    /// Successful reexecs since start, and how the last one ended.
+    reexecs: u32,
+    last_reexec: Option<String>,
+}
+
+/// What the previous image of this handoff handed over (`handoff reexec`), as main read it
+/// from the state; the executor turns the fds into its own objects inside the runtime.
+pub struct Restored {
+    pub machine: Machine,
+    pub control: std::os::unix::net::UnixListener,
+    pub status: Option<std::os::unix::net::UnixListener>,
+    pub notify: Vec<(WorkerId, std::os::fd::OwnedFd, PathBuf, Vec<u32>, i32)>,
+    pub hooks: Vec<(i32, String)>,
+    pub replies: Vec<std::os::unix::net::UnixStream>,
+    pub next_waiter: WaiterId,
+    pub traversable: bool,
+    pub uptime: Duration,
+    pub reexecs: u32,
+    pub last_status_line: String,
+    /// The new image failed to restore and this (old) image took back over: why.
+    pub failed: Option<String>,
+    /// The workers' pids the previous image handed over.
+    pub handed_over: Vec<i32>,
 }
 
 /// Runs handoff until it has shut down; returns the process exit code.
-pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
+pub async fn run(rt: Runtime, restored: Option<Restored>) -> anyhow::Result<i32> {
     // Signal handlers first: a child that exits before SIGCHLD is watched would be missed.
     let mut sigchld = unix_signal(SignalKind::child())?;
     let mut sighup = unix_signal(SignalKind::hangup())?;
     let mut sigterm = unix_signal(SignalKind::terminate())?;
     let mut sigint = unix_signal(SignalKind::interrupt())?;
+    let mut sigusr2 = unix_signal(SignalKind::user_defined2())?;
+    // After a reexec these were blocked across the exec (reexec.rs): what arrived meanwhile is
+    // delivered now, to the handlers above. A no-op at a first start.
+    crate::reexec::unblock_handover_signals();
 
     // Orphaned grandchildren of workers are re-parented to handoff, not to init, so they are
     // reaped here (and killed with their worker's process group).
@@ -93,34 +137,35 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
 
     let notify_dir = paths::notify_dir(&rt.runtime_dir, &rt.control_path);
     check_notify_dir(&notify_dir).map_err(anyhow::Error::msg)?;
-    let control_listener = control::bind(&rt.control_path)?;
     // The read-only status socket for `status_group` (see control.rs).
     let status_path = paths::status_beside(&rt.control_path);
-    let status_listener = match rt.status_gid {
-        Some(gid) => Some(control::bind_status(&status_path, gid)?),
+    // Executor-held (std) listeners: the accept loops run on duplicates of them, so that a
+    // reexec can stop accepting (abort the loops) without closing the sockets.
+    let (control_keep, status_keep, mut restored) = match restored {
+        Some(mut r) => {
+            // The sockets of the previous image: still bound, still listening, with any
+            // connections that queued during the exec.
+            let control = r.control.try_clone()?;
+            let status = r.status.take();
+            (control, status, Some(r))
+        }
         None => {
-            let _ = std::fs::remove_file(&status_path);
-            None
+            let control_listener = control::bind(&rt.control_path)?.into_std()?;
+            let status_listener = match rt.status_gid {
+                Some(gid) => Some(control::bind_status(&status_path, gid)?.into_std()?),
+                None => {
+                    let _ = std::fs::remove_file(&status_path);
+                    None
+                }
+            };
+            // Only one handoff owns a control socket, so the notify dir named after it is
+            // ours to clear.
+            let _ = std::fs::remove_dir_all(&notify_dir);
+            paths::make_private_dir(&notify_dir, rt.credentials.is_some())?;
+            (control_listener, status_listener, None)
         }
     };
-    // Only one handoff owns a control socket, so the notify dir named after it is ours to
-    // clear.
-    let _ = std::fs::remove_dir_all(&notify_dir);
-    paths::make_private_dir(&notify_dir, rt.credentials.is_some())?;
-
     let (control_tx, mut control_rx) = mpsc::channel::<Command>(64);
-    let status_task = status_listener.map(|l| {
-        tokio::spawn(control::serve(
-            l,
-            control_tx.clone(),
-            control::Access::StatusOnly,
-        ))
-    });
-    let control_task = tokio::spawn(control::serve(
-        control_listener,
-        control_tx.clone(),
-        control::Access::Full,
-    ));
     // Bounded: a flood of notify datagrams waits in the kernel, not in handoff's memory.
     let (notify_tx, mut notify_rx) = mpsc::channel(1024);
     let (version_tx, mut version_rx) = mpsc::channel(4);
@@ -129,22 +174,37 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
         && std::path::Path::new(JournalStream::SOCKET).exists())
     .then(|| journal::own_unit().unwrap_or_default());
     let now = Instant::now();
-    let machine = Machine::new(
-        Policy::from_settings(&rt.settings, rt.credentials.clone()),
-        now,
-    );
-    info!(
-        listeners = %rt.listeners.iter().map(|l| format!("{}={}", l.name, l.describe)).collect::<Vec<_>>().join(" "),
-        workers = rt.settings.workers,
-        control = %rt.control_path.display(),
-        "handoff starting"
-    );
+    let machine = match restored.as_mut() {
+        Some(r) => std::mem::replace(
+            &mut r.machine,
+            Machine::new(
+                Policy::from_settings(&rt.settings, rt.credentials.clone()),
+                now,
+            ),
+        ),
+        None => Machine::new(
+            Policy::from_settings(&rt.settings, rt.credentials.clone()),
+            now,
+        ),
+    };
+    if restored.is_none() {
+        info!(
+            listeners = %rt.listeners.iter().map(|l| format!("{}={}", l.name, l.describe)).collect::<Vec<_>>().join(" "),
+            workers = rt.settings.workers,
+            control = %rt.control_path.display(),
+            "handoff starting"
+        );
+    }
     let watchdog_period = rt.watchdog.map(|d| d / 2);
     let rt_traversable = rt.credentials.is_some() || rt.status_gid.is_some();
     let mut ex = Executor {
         rt,
         machine,
-        queue: VecDeque::from([Input::Start]),
+        queue: if restored.is_some() {
+            VecDeque::new()
+        } else {
+            VecDeque::from([Input::Start])
+        },
         notify_tx,
         version_tx,
         notify: HashMap::new(),
@@ -158,15 +218,67 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
         last_status_line: String::new(),
         started: now,
         control_tx,
-        control_task: control_task.abort_handle(),
+        control_keep,
+        status_keep,
+        accepting: Vec::new(),
+        in_flight: control::InFlight::default(),
+        quiescing: None,
         scan_pending: false,
+        reexec_pending: false,
+        reexec_replies: Vec::new(),
+        reexecs: 0,
+        last_reexec: None,
     };
+    ex.serve_control()?;
+    if let Some(r) = restored {
+        ex.resume(r);
+    }
     let mut watchdog = watchdog_period.map(tokio::time::interval);
     let code = loop {
         ex.run_queue();
         ex.publish_status();
         if let Some(code) = ex.machine.exit_code() {
             break code;
+        }
+        if ex.reexec_pending && ex.machine.idle() && ex.quiescing.is_none() {
+            // First no new control connection (they wait in the backlog, which the new
+            // image inherits), and the ones in flight answered: an answer due from this
+            // image would otherwise be a client's lost connection.
+            ex.stop_accepting();
+            ex.quiescing = Some(Instant::now());
+        }
+        if let Some(since) = ex.quiescing {
+            if !ex.reexec_pending || !ex.machine.idle() {
+                // A request in flight started a rollover: serve on, reexec when it is over.
+                ex.quiescing = None;
+                if let Err(e) = ex.serve_control() {
+                    error!("cannot serve the control socket again: {e}");
+                }
+            } else if ex.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0
+                || since.elapsed() > QUIESCE_LIMIT
+            {
+                // What already arrived goes to the machine first (a READY=1 read off a
+                // socket but not yet handled would be lost with this image's memory).
+                while let Ok((worker, received)) = notify_rx.try_recv() {
+                    ex.on_datagram(worker, received);
+                }
+                while let Ok(cmd) = control_rx.try_recv() {
+                    ex.on_command(cmd);
+                }
+                ex.run_queue();
+                if ex.machine.idle() {
+                    // Returns only if handoff could not hand over: it goes on as it was.
+                    ex.reexec();
+                    ex.quiescing = None;
+                    if let Err(e) = ex.serve_control() {
+                        error!("cannot serve the control socket again: {e}");
+                    }
+                }
+                continue;
+            }
+        }
+        if ex.reexec_pending && ex.machine.shutting_down() {
+            ex.reexec_failed("handoff is shutting down".into());
         }
         let deadline = ex.machine.next_deadline();
         tokio::select! {
@@ -181,6 +293,10 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
                 info!("SIGHUP: rollover requested");
                 ex.reload(None, false);
             }
+            _ = sigusr2.recv() => {
+                info!("SIGUSR2: reexec requested");
+                ex.reexec_pending = true;
+            }
             _ = sigterm.recv() => ex.queue.push_back(Input::Shutdown { why: "SIGTERM".into(), code: 0 }),
             _ = sigint.recv() => {
                 let input = if ex.machine.shutting_down() {
@@ -194,14 +310,16 @@ pub async fn run(rt: Runtime) -> anyhow::Result<i32> {
                 ex.rt.notifier.send(&[NotifyState::Watchdog]);
             }
             _ = sleep_until(deadline), if deadline.is_some() => ex.tick(),
+            // Quiescing for a reexec: look again soon whether the connections in flight
+            // have been answered (their tasks tell nobody when they finish).
+            _ = tokio::time::sleep(Duration::from_millis(2)), if ex.quiescing.is_some() => {}
         }
     };
     if let Some(g) = &mut ex.rt.guard {
         g.goodbye();
     }
-    ex.control_task.abort();
-    if let Some(t) = status_task {
-        t.abort();
+    ex.stop_accepting();
+    if ex.status_keep.is_some() {
         let _ = std::fs::remove_file(&status_path);
     }
     let _ = std::fs::remove_file(&ex.rt.control_path);
@@ -441,6 +559,11 @@ impl Executor {
             Command::Status { reply } => {
                 let _ = reply.send(self.status_report());
             }
+            Command::Reexec { stream } => {
+                info!("reexec requested on the control socket");
+                self.reexec_replies.push(stream);
+                self.reexec_pending = true;
+            }
         }
     }
 
@@ -566,6 +689,8 @@ impl Executor {
                 w.processes = Some(u.processes);
             }
         }
+        r.reexecs = self.reexecs;
+        r.last_reexec = self.last_reexec.clone();
         r
     }
 
@@ -737,6 +862,12 @@ impl Executor {
         })?;
         // Datagrams count only from this worker's process tree (`notify::sender_in_tree`).
         socket.set_owner(pid.as_raw());
+        self.watch_notify(worker, socket);
+        Ok(pid.as_raw())
+    }
+
+    /// Reads worker `worker`'s notify socket from now on.
+    fn watch_notify(&mut self, worker: WorkerId, socket: NotifySocket) {
         let socket = Arc::new(socket);
         let reader = socket.clone();
         let tx = self.notify_tx.clone();
@@ -762,7 +893,45 @@ impl Executor {
                 task: task.abort_handle(),
             },
         );
-        Ok(pid.as_raw())
+    }
+
+    /// Starts the accept loops of the control (and status) sockets.
+    fn serve_control(&mut self) -> std::io::Result<()> {
+        let dup = |l: &std::os::unix::net::UnixListener| {
+            let l = l.try_clone()?;
+            l.set_nonblocking(true)?;
+            tokio::net::UnixListener::from_std(l)
+        };
+        let control = dup(&self.control_keep)?;
+        let status = self.status_keep.as_ref().map(dup).transpose()?;
+        self.accepting.push(
+            tokio::spawn(control::serve(
+                control,
+                self.control_tx.clone(),
+                control::Access::Full,
+                self.in_flight.clone(),
+            ))
+            .abort_handle(),
+        );
+        if let Some(l) = status {
+            self.accepting.push(
+                tokio::spawn(control::serve(
+                    l,
+                    self.control_tx.clone(),
+                    control::Access::StatusOnly,
+                    self.in_flight.clone(),
+                ))
+                .abort_handle(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Stops the accept loops: new connections wait in the sockets' backlogs.
+    fn stop_accepting(&mut self) {
+        for t in self.accepting.drain(..) {
+            t.abort();
+        }
     }
 
     /// Binds the control socket again when its file is gone (the runtime dir was removed),
@@ -773,13 +942,14 @@ impl Executor {
         }
         match control::bind(&self.rt.control_path) {
             Ok(listener) => {
-                self.control_task.abort();
-                self.control_task = tokio::spawn(control::serve(
-                    listener,
-                    self.control_tx.clone(),
-                    control::Access::Full,
-                ))
-                .abort_handle();
+                let Ok(listener) = listener.into_std() else {
+                    return;
+                };
+                self.control_keep = listener;
+                self.stop_accepting();
+                if let Err(e) = self.serve_control() {
+                    error!("cannot serve the control socket again: {e}");
+                }
                 warn!(
                     "the control socket {} was gone; bound it again",
                     self.rt.control_path.display()

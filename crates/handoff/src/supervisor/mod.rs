@@ -13,10 +13,10 @@ use crate::listeners::Listener;
 use crate::notify::SystemdNotifier;
 use crate::spawn::Credentials;
 
-pub use executor::run;
+pub use executor::{Restored, run};
 
 /// Where a reload reads the settings again.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ConfigSource {
     /// `--config`: `None`, and a reload keeps the settings in force.
     pub file: Option<PathBuf>,
@@ -45,4 +45,11 @@ pub struct Runtime {
     pub guard: Option<crate::guard::Guard>,
     /// `status_group`'s gid: serve the read-only status.sock to it.
     pub status_gid: Option<u32>,
+    /// The path handoff was started from, resolved then: what `handoff reexec` runs (after a
+    /// package upgrade `/proc/self/exe` names the deleted old file).
+    pub binary: PathBuf,
+    /// handoff's argv, given again to the new binary (for `ps`; the state says the rest).
+    pub argv: Vec<Vec<u8>>,
+    /// `NOTIFY_SOCKET` as handoff got it (for the new binary after a reexec).
+    pub notify_socket: Option<String>,
 }

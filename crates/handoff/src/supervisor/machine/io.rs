@@ -17,7 +17,7 @@ use crate::spawn::Credentials;
 /// all but `version_file` and `drain_timeout_hook`, which are bound at start): its workers
 /// are started, restarted, judged and drained by them, so a rolled back reload leaves the
 /// old ones in force.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Policy {
     pub workers: usize,
     pub rolling: bool,
@@ -28,13 +28,17 @@ pub struct Policy {
     /// old ones are drained; a worker up this long past `READY=1` is healthy (its slot's
     /// crash count resets). Zero: no window.
     pub min_uptime: Duration,
+    #[serde(with = "super::snapshot::signal")]
     pub drain_signal: Signal,
     /// Each worker must send `WATCHDOG=1` this often once ready (it gets `WATCHDOG_USEC`);
     /// one that falls silent is replaced.
+    #[serde(default)]
     pub watchdog: Option<Duration>,
     /// A worker whose process tree's RSS passes this many bytes is replaced.
+    #[serde(default)]
     pub max_memory: Option<u64>,
     /// A worker this old (since its start) is replaced.
+    #[serde(default)]
     pub max_age: Option<Duration>,
     /// A version file is configured: read it before each rollover.
     pub version_file: bool,
@@ -49,6 +53,7 @@ pub struct Policy {
     pub credentials: Option<Credentials>,
     /// `working_directory` as configured; each generation resolves it once when it starts
     /// ([`Input::Prepared`]) and runs from that target.
+    #[serde(default)]
     pub working_directory: Option<PathBuf>,
 }
 
@@ -107,7 +112,7 @@ impl Policy {
 }
 
 /// How a child ended, as `waitpid` said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ExitStatus {
     Code(i32),
     Signal { signal: i32, core: bool },

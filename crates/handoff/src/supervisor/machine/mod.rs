@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use handoff_common::duration::human;
 use handoff_common::protocol::{ExitKind, Outcome, ReloadReply, VersionInfo};
 use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
 
 use crate::config::ReadyMode;
 use crate::notify::Message;
@@ -70,26 +71,31 @@ pub type WaiterId = u64;
 
 mod io;
 mod report;
+pub mod snapshot;
 #[cfg(test)]
 mod tests;
 
 pub use io::*;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Phase {
     /// [`Action::Spawn`] was sent; no pid yet.
     Spawning,
     /// Running, not ready yet.
     Starting {
+        #[serde(with = "snapshot::instant")]
         deadline: Instant,
         /// `--ready delay:`: ready at this time.
+        #[serde(with = "snapshot::opt_instant")]
         ready_at: Option<Instant>,
     },
     Ready {
+        #[serde(with = "snapshot::instant")]
         since: Instant,
     },
     /// Told to drain (the signal goes out as soon as there is a pid).
     Draining {
+        #[serde(with = "snapshot::instant")]
         deadline: Instant,
     },
     /// Still there past the drain deadline: SIGKILLed, waiting to be reaped.
@@ -107,26 +113,34 @@ impl Phase {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Worker {
     slot: usize,
     generation: u64,
     pid: Option<i32>,
+    #[serde(with = "snapshot::instant")]
     started: Instant,
     phase: Phase,
     /// The last `STATUS=` it sent.
     status: Option<String>,
     errno: Option<i32>,
+    // Fields added after the state format was first written take `default`: a reexec from
+    // an older handoff leaves them out.
     /// Why handoff asked it to drain (for its slot's last exit in status).
+    #[serde(default)]
     drained_because: Option<String>,
     /// Started after its generation's version file changed on disk: what it runs instead.
+    #[serde(default)]
     runs_on_disk: Option<String>,
     /// Its last `WATCHDOG=1`.
+    #[serde(default, with = "snapshot::opt_instant")]
     last_ping: Option<Instant>,
     /// Its process tree's RSS at the last sample (with `max_memory`).
+    #[serde(default)]
     rss: Option<u64>,
     /// Drained because a replacement took its slot (watchdog, limits, restart-worker), not
     /// by a rollover: a kill at the drain timeout is not the last rollover's.
+    #[serde(default)]
     replaced: bool,
 }
 
@@ -169,7 +183,7 @@ impl Worker {
 /// A descendant of a worker that was re-parented to handoff (it left the worker's tree with a
 /// double fork, say `spawn({detached: true})`). It goes with its worker: drained when the
 /// worker is drained or gone, killed past the drain deadline, waited for at shutdown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Stray {
     /// Its worker serves; nothing to do yet. `generation`: the one its environment names,
     /// whose program it runs: it drains by that generation's signal and timeout.
@@ -178,6 +192,7 @@ enum Stray {
         generation: u64,
     },
     Draining {
+        #[serde(with = "snapshot::instant")]
         deadline: Instant,
         /// The drain timeout it got (for the ALERT line).
         timeout: Duration,
@@ -185,34 +200,48 @@ enum Stray {
     Killed,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Occupant {
     Vacant,
     Worker(WorkerId),
     /// The worker died; a new one starts at this time.
     Restarting {
+        #[serde(with = "snapshot::instant")]
         at: Instant,
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Slot {
     occupant: Occupant,
     /// Consecutive crashes (sets the restart backoff).
     crashes: u32,
     /// A new worker starting beside the occupant, to take its place once ready.
+    #[serde(default)]
     incoming: Option<Incoming>,
     /// Replacements that failed in a row (sets when the next automatic one may start).
+    #[serde(default)]
     failed_replacements: u32,
     /// No automatic replacement (watchdog, limits) before this time: the last one failed.
+    #[serde(default, with = "snapshot::opt_instant")]
     retry_at: Option<Instant>,
     /// The last replacement of this slot's worker, for `handoff status`.
-    last_replacement: Option<(Instant, String)>,
+    #[serde(default)]
+    last_replacement: Option<LastReplacement>,
     /// Workers started here because the one before exited on its own (crash or stop from
     /// outside), ever: what `pm2 list` calls restarts. Rollovers do not count.
+    #[serde(default)]
     restarts: u32,
     /// How the last worker of this slot that is gone ended.
+    #[serde(default)]
     last_exit: Option<LastExit>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LastReplacement {
+    #[serde(with = "snapshot::instant")]
+    at: Instant,
+    message: String,
 }
 
 impl Slot {
@@ -231,7 +260,7 @@ impl Slot {
 }
 
 /// Why a serving worker is being replaced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum Replace {
     /// `handoff restart-worker N`.
     Asked,
@@ -281,7 +310,7 @@ fn mib(bytes: u64) -> String {
 }
 
 /// A replacement under way: the new worker, and who waits for it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Incoming {
     worker: WorkerId,
     /// The worker it replaces.
@@ -291,23 +320,24 @@ struct Incoming {
 }
 
 /// A worker's end, kept per slot for `handoff status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct LastExit {
     pid: i32,
     generation: u64,
     status: ExitStatus,
     kind: ExitKind,
     drained_because: Option<String>,
+    #[serde(with = "snapshot::instant")]
     at: Instant,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Waiter {
     id: Option<WaiterId>,
     if_changed: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Mode {
     /// The first generation: nothing serves meanwhile, so all slots start at once, and a
     /// failure shuts handoff down.
@@ -316,11 +346,12 @@ enum Mode {
     Rolling,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Rollover {
     generation: u64,
     /// The new generation's worker count (its `Policy::workers`).
     workers: usize,
+    #[serde(with = "snapshot::instant")]
     started: Instant,
     mode: Mode,
     waiters: Vec<Waiter>,
@@ -332,10 +363,11 @@ struct Rollover {
     switched: usize,
     /// Every pending worker is ready: the stability window ends (and they switch in) at this
     /// time, unless one of them exits first.
+    #[serde(with = "snapshot::opt_instant")]
     stable_at: Option<Instant>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 enum RolloverPhase {
     Idle,
     /// Waiting for [`Input::Version`].
@@ -349,7 +381,7 @@ enum RolloverPhase {
     Running(Rollover),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Life {
     Serving,
     /// Draining everything; exit with this code once no worker is left.
@@ -358,8 +390,9 @@ enum Life {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Generation {
+    #[serde(with = "snapshot::instant")]
     started: Instant,
     version: Option<VersionInfo>,
     policy: Policy,
@@ -369,7 +402,7 @@ struct Generation {
 }
 
 /// The release a rolled back generation started from: `--if-changed` won't try it again.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct FailedRelease {
     hash: String,
     generation: u64,
@@ -377,17 +410,22 @@ struct FailedRelease {
     settings: Policy,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct LastRollover {
     generation: u64,
     outcome: Outcome,
     message: String,
     duration: Duration,
+    #[serde(with = "snapshot::instant")]
     at: Instant,
     /// Workers it drained that were SIGKILLed at the drain timeout.
     forced_kills: u32,
 }
 
+/// Serialize/Deserialize: `handoff reexec` carries the whole machine over an exec
+/// ([`Machine::export`], [`Machine::import`]). A field added later needs a serde derive on its
+/// type, and `#[serde(default)]` if a state written by an older handoff may lack it.
+#[derive(Serialize, Deserialize)]
 pub struct Machine {
     /// The settings handoff started with: the first generation's.
     policy: Policy,
@@ -413,18 +451,24 @@ pub struct Machine {
     last: Option<LastRollover>,
     failed_release: Option<FailedRelease>,
     life: Life,
+    #[serde(with = "snapshot::instant")]
     started: Instant,
     /// Re-parented descendants of workers, by pid.
     strays: BTreeMap<i32, Stray>,
     /// Look for new strays once this input is handled (one scan however many reasons).
+    #[serde(skip)]
     scan: bool,
     /// Workers SIGKILLed at the drain timeout, ever.
     forced_kills: u64,
     /// Those kills not yet told to a reload caller (they come with the next answer).
     unreported_kills: Vec<String>,
     /// When the workers' memory is measured next (with `max_memory`); `None`: a sample is
-    /// out, or no limit is set.
+    /// out, or no limit is set. Not carried over a reexec: the new image samples at once
+    /// (a sample out at the exec would never be answered).
+    #[serde(skip)]
     next_sample: Option<Instant>,
+    /// Actions of the input being handled: empty between inputs, so never carried over.
+    #[serde(skip)]
     out: Vec<Action>,
 }
 
@@ -539,6 +583,20 @@ impl Machine {
     /// need not look at it).
     pub fn knows_pid(&self, pid: i32) -> bool {
         self.strays.contains_key(&pid) || self.workers.values().any(|w| w.pid == Some(pid))
+    }
+
+    /// No rollover runs, is prepared or queued, no `restart-worker` caller waits, and handoff
+    /// serves: the state a `handoff reexec` waits for (waiters are connections, which do not
+    /// survive an exec; draining workers, restarts, strays and automatic replacements are
+    /// state, which does).
+    pub fn idle(&self) -> bool {
+        matches!(self.rollover, RolloverPhase::Idle)
+            && self.queued.is_empty()
+            && self.life == Life::Serving
+            && !self
+                .slots
+                .iter()
+                .any(|s| s.incoming.as_ref().is_some_and(|i| i.waiter.is_some()))
     }
 
     pub fn shutting_down(&self) -> bool {
@@ -1948,7 +2006,10 @@ impl Machine {
         let s = &mut self.slots[slot];
         s.failed_replacements = 0;
         s.retry_at = None;
-        s.last_replacement = Some((now, message.clone()));
+        s.last_replacement = Some(LastReplacement {
+            at: now,
+            message: message.clone(),
+        });
         if old == Occupant::Worker(inc.old) {
             if let Some(w) = self.workers.get_mut(&inc.old) {
                 w.replaced = true;

@@ -130,11 +130,11 @@ impl Machine {
                         _ => None,
                     },
                     replacing: s.incoming.as_ref().map(|i| i.reason.describe()),
-                    last_replacement: s.last_replacement.as_ref().map(|(_, m)| m.clone()),
+                    last_replacement: s.last_replacement.as_ref().map(|r| r.message.clone()),
                     last_replacement_ago_ms: s
                         .last_replacement
                         .as_ref()
-                        .map(|(at, _)| ms(now.saturating_duration_since(*at))),
+                        .map(|r| ms(now.saturating_duration_since(r.at))),
                     restarts: s.restarts,
                     last_exit: s.last_exit.as_ref().map(|e| SlotExit {
                         pid: e.pid,
@@ -167,6 +167,8 @@ impl Machine {
             config_differs: None,
             stabilizing: self.stabilizing(now),
             status_line: Some(self.status_line()),
+            reexecs: 0,
+            last_reexec: None,
         }
     }
 

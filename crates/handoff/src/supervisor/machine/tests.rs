@@ -11,6 +11,8 @@ mod health;
 mod pinned;
 /// Reloads that bring settings (a re-read config file) and `scale`.
 mod settings;
+/// Export and import of the state (`handoff reexec`).
+mod snapshot;
 
 const MS: Duration = Duration::from_millis(1);
 
