@@ -1001,6 +1001,26 @@ impl Machine {
         self.finish(now, Outcome::Ok, message);
     }
 
+    /// New worker `id` of the running rollover hung or sent `WATCHDOG=trigger`: it fails the
+    /// rollover, and is never one of the workers a failed first generation keeps (it is not
+    /// fit to serve; fail_first_generation keeps the ready ones). Once ready, it fails the
+    /// start as a crash there does.
+    fn new_worker_failed(&mut self, now: Instant, id: WorkerId, reason: String) {
+        let Some(ro) = self.rollover_of(id) else {
+            return;
+        };
+        if ro.mode != Mode::Initial {
+            return self.fail_rollover(now, reason, true);
+        }
+        ro.pending.retain(|p| *p != id);
+        let ready = matches!(
+            self.workers.get(&id).map(|w| w.phase),
+            Some(Phase::Ready { .. })
+        );
+        self.drain(now, id, "the first generation failed");
+        self.fail_first_generation(now, reason, !ready);
+    }
+
     /// `release_at_fault`: false when handoff itself could not start a worker (out of fds,
     /// say): the release was never tried, so it is not remembered as a failed one.
     fn fail_rollover(&mut self, now: Instant, reason: String, release_at_fault: bool) {
@@ -1314,7 +1334,7 @@ impl Machine {
         let words = w.last_words();
         if self.rollover_of(id).is_some() {
             let reason = format!("worker {slot} (pid {pid}) sent WATCHDOG=trigger{words}");
-            self.fail_rollover(now, reason, true);
+            self.new_worker_failed(now, id, reason);
         } else if self.occupies(slot, id) {
             if let Err(e) = self.replace(now, slot, Replace::Triggered, None) {
                 self.log_worker(Level::Warn, id, format!("WATCHDOG=trigger ignored: {e}"));
@@ -1985,7 +2005,7 @@ impl Machine {
                     human(interval),
                     w.last_words()
                 );
-                self.fail_rollover(now, reason, true);
+                self.new_worker_failed(now, id, reason);
             }
         }
         for (slot, id) in self.replaceable(now) {

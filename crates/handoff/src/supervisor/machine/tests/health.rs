@@ -410,3 +410,55 @@ fn shutdown_abandons_a_replacement_and_answers_its_caller() {
     h.exit(101, 0);
     assert_eq!(h.m.exit_code(), Some(0));
 }
+
+/// A worker of the first generation that hangs or sends `WATCHDOG=trigger` inside the
+/// stability window fails the start, as a crash there does. Before, the start "completed" as
+/// `started with 2 of 2 ready: worker 0 sent WATCHDOG=trigger; the others restart with
+/// backoff`: the worker that asked to be replaced kept its slot and served on (nothing
+/// remembered the trigger), and a hung one was kept while a healthy starting one was drained.
+#[test]
+fn a_first_generation_worker_that_hangs_or_triggers_in_its_window_fails_the_start() {
+    let p = with(2, |p| {
+        p.watchdog = Some(Duration::from_secs(2));
+        p.min_uptime = Duration::from_secs(5);
+    });
+    let mut h = Harness::new(p.clone());
+    h.send(Input::Start);
+    h.ready(100);
+    h.ready(101);
+    let a = h.say(
+        100,
+        Message {
+            watchdog_trigger: true,
+            ..Message::default()
+        },
+    );
+    assert!(
+        told_systemd(&a, &SystemdState::Stopping),
+        "the start fails: {:?}",
+        logs(&a, Level::Error)
+    );
+    let mut drained = signalled(&a, Signal::SIGTERM);
+    drained.sort();
+    assert_eq!(drained, [100, 101]);
+    // Silent past the watchdog inside the window: the same.
+    let mut h = Harness::new(p.clone());
+    h.send(Input::Start);
+    h.ready(100);
+    h.ready(101);
+    h.now += SEC;
+    h.ping(101);
+    let a = h.after(SEC);
+    assert!(told_systemd(&a, &SystemdState::Stopping), "{a:?}");
+    // Without a window, as after a crash there: the hung worker is not kept as "ready"
+    // while the healthy one still starting is drained; the start fails.
+    let p = with(2, |p| p.watchdog = Some(Duration::from_secs(2)));
+    let mut h = Harness::new(p);
+    h.send(Input::Start);
+    h.ready(100);
+    let a = h.after(2 * SEC);
+    assert!(told_systemd(&a, &SystemdState::Stopping), "{a:?}");
+    let mut drained = signalled(&a, Signal::SIGTERM);
+    drained.sort();
+    assert_eq!(drained, [100, 101]);
+}
