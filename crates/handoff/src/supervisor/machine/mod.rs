@@ -219,6 +219,8 @@ enum Replace {
     Asked,
     /// It sent no `WATCHDOG=1` for this long.
     Silent(Duration),
+    /// It never sent `WATCHDOG=1`, this long after `READY=1`.
+    NeverPinged(Duration),
     /// It sent `WATCHDOG=trigger`.
     Triggered,
     /// Its process tree used `rss` bytes, over `max_memory`.
@@ -232,6 +234,11 @@ impl Replace {
         match self {
             Replace::Asked => "restart-worker asked for it".into(),
             Replace::Silent(d) => format!("no WATCHDOG=1 for {} (watchdog)", human(*d)),
+            Replace::NeverPinged(d) => format!(
+                "no WATCHDOG=1 for {} (watchdog): it never sent one since READY=1 (does it \
+                 read WATCHDOG_USEC and WATCHDOG_PID?)",
+                human(*d)
+            ),
             Replace::Triggered => "it sent WATCHDOG=trigger".into(),
             Replace::Memory { rss, limit } => format!(
                 "its process tree uses {}, over max_memory {}",
@@ -246,7 +253,7 @@ impl Replace {
     fn short(&self) -> &'static str {
         match self {
             Replace::Asked => "restart-worker",
-            Replace::Silent(_) | Replace::Triggered => "watchdog",
+            Replace::Silent(_) | Replace::NeverPinged(_) | Replace::Triggered => "watchdog",
             Replace::Memory { .. } => "max_memory",
             Replace::Age(_) => "max_age",
         }
@@ -256,6 +263,13 @@ impl Replace {
     fn is_limit(&self) -> bool {
         matches!(self, Replace::Memory { .. } | Replace::Age(_))
     }
+}
+
+/// How long the next automatic replacement of a slot waits after `failed` failed ones.
+fn replacement_backoff(failed: u32) -> Duration {
+    RESTART_BASE
+        .saturating_mul(1u32 << failed.min(16))
+        .min(RESTART_MAX)
 }
 
 fn mib(bytes: u64) -> String {
@@ -1831,8 +1845,16 @@ impl Machine {
         let why = inc.reason.describe();
         let message = format!("worker {slot} replaced: pid {old_pid} → pid {new_pid} ({why})");
         let s = &mut self.slots[slot];
-        s.failed_replacements = 0;
-        s.retry_at = None;
+        // A worker that never pinged is replaced by one that most likely won't either (the
+        // app does not ping): that counts as a failed replacement, so the next one backs
+        // off instead of coming once per watchdog interval forever.
+        if matches!(inc.reason, Replace::NeverPinged(_)) {
+            s.failed_replacements += 1;
+            s.retry_at = Some(now + replacement_backoff(s.failed_replacements));
+        } else {
+            s.failed_replacements = 0;
+            s.retry_at = None;
+        }
         s.last_replacement = Some((now, message.clone()));
         if old == Occupant::Worker(inc.old) {
             self.drain(now, inc.old, &format!("replaced: {why}"));
@@ -1851,9 +1873,7 @@ impl Machine {
         };
         let s = &mut self.slots[slot];
         s.failed_replacements += 1;
-        let backoff = RESTART_BASE
-            .saturating_mul(1u32 << s.failed_replacements.min(16))
-            .min(RESTART_MAX);
+        let backoff = replacement_backoff(s.failed_replacements);
         s.retry_at = Some(now + backoff);
         let kept = if s.occupant == Occupant::Worker(inc.old) {
             format!(
@@ -2017,7 +2037,11 @@ impl Machine {
                     Phase::Ready { since } => w.last_ping.unwrap_or(since).max(since),
                     _ => now,
                 });
-                let _ = self.replace(now, slot, Replace::Silent(silent), None);
+                let reason = match w.last_ping {
+                    Some(_) => Replace::Silent(silent),
+                    None => Replace::NeverPinged(silent),
+                };
+                let _ = self.replace(now, slot, reason, None);
             }
         }
         if self.limits_may_act()

@@ -462,3 +462,37 @@ fn a_first_generation_worker_that_hangs_or_triggers_in_its_window_fails_the_star
     drained.sort();
     assert_eq!(drained, [100, 101]);
 }
+
+/// A worker that never pings (the app does not read `WATCHDOG_USEC`, or a wrapper makes
+/// `WATCHDOG_PID` name another process): every replacement is as silent as the worker it
+/// replaced. Before, the slot was replaced once per watchdog interval forever (64
+/// replacements in 30 s with `--watchdog 1s` and 2 workers, an err line each); now the
+/// replacements back off to one per 30 s, and the log says it never pinged.
+#[test]
+fn a_worker_that_never_pings_is_replaced_with_backoff_not_once_per_interval() {
+    let p = with(1, |p| p.watchdog = Some(SEC));
+    let mut h = Harness::serving(p);
+    let mut replaced = 0;
+    let mut said_never = false;
+    for _ in 0..1200 {
+        let a = h.after(100 * MS);
+        said_never |= logs(&a, Level::Error)
+            .iter()
+            .any(|l| l.contains("never sent one since READY=1"));
+        replaced += spawned(&a).len();
+        for pid in h.pids_in("starting") {
+            h.ready(pid);
+        }
+        for pid in h.pids_in("draining") {
+            h.exit_by(pid, Signal::SIGTERM);
+        }
+    }
+    assert!(said_never);
+    assert!(
+        replaced <= 15,
+        "{replaced} replacements in 120 s of a worker that never pings"
+    );
+    assert!(replaced >= 5, "it is still replaced: {replaced}");
+    // Capacity throughout: the slot always has its ready worker.
+    assert_eq!(h.m.ready_count(), 1);
+}
