@@ -120,6 +120,9 @@ struct Worker {
     last_ping: Option<Instant>,
     /// Its process tree's RSS at the last sample (with `max_memory`).
     rss: Option<u64>,
+    /// Drained because a replacement took its slot (not by a rollover): a kill at the drain
+    /// timeout is not the last rollover's.
+    replaced: bool,
 }
 
 impl Worker {
@@ -134,6 +137,7 @@ impl Worker {
             errno: None,
             last_ping: None,
             rss: None,
+            replaced: false,
         }
     }
 }
@@ -1487,12 +1491,12 @@ impl Machine {
             return;
         };
         w.phase = Phase::Killed;
-        let (generation, slot) = (w.generation, w.slot);
+        let (generation, slot, replaced) = (w.generation, w.slot, w.replaced);
         // Requests it still held are cut: count it where status and the next reload answer
         // show it (not during shutdown, which nobody waits on as a rollover).
         if !self.shutting_down() {
             self.forced_kills += 1;
-            if let Some(last) = &mut self.last {
+            if let Some(last) = self.last.as_mut().filter(|_| !replaced) {
                 last.forced_kills += 1;
             }
             self.unreported_kills.push(format!(
@@ -1857,6 +1861,9 @@ impl Machine {
         }
         s.last_replacement = Some((now, message.clone()));
         if old == Occupant::Worker(inc.old) {
+            if let Some(w) = self.workers.get_mut(&inc.old) {
+                w.replaced = true;
+            }
             self.drain(now, inc.old, &format!("replaced: {why}"));
         }
         self.log_worker(Level::Info, inc.worker, message.clone());

@@ -496,3 +496,24 @@ fn a_worker_that_never_pings_is_replaced_with_backoff_not_once_per_interval() {
     // Capacity throughout: the slot always has its ready worker.
     assert_eq!(h.m.ready_count(), 1);
 }
+
+/// A hung worker replaced by the watchdog and SIGKILLed at the drain timeout counts in the
+/// total of forced kills, not on the last rollover: no rollover drained it. Before, status
+/// said `2 workers of that rollover were SIGKILLed` about the start, 30 s after it.
+#[test]
+fn a_replaced_worker_killed_at_the_drain_timeout_is_not_blamed_on_the_last_rollover() {
+    let p = with(1, |p| p.watchdog = Some(2 * SEC));
+    let mut h = Harness::serving(p);
+    h.after(2 * SEC);
+    h.ready(101);
+    h.ping(101);
+    h.after(Duration::from_secs(10));
+    let st = h.m.status(h.now);
+    assert_eq!(st.forced_kills, 1, "the kill is counted");
+    assert_eq!(
+        st.last_rollover.as_ref().map(|l| l.forced_kills),
+        Some(0),
+        "{:?}",
+        st.last_rollover
+    );
+}
