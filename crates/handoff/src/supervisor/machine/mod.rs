@@ -1280,7 +1280,8 @@ impl Machine {
             );
             self.fail_rollover(now, reason, !ours);
         } else if let Some(slot) = self.incoming_of(id) {
-            self.replacement_failed(now, slot, &format!("cannot start its replacement: {error}"));
+            let reason = format!("cannot start its replacement: {error}");
+            self.replacement_failed(now, slot, &reason, !ours);
             if self.slots[slot].occupant == Occupant::Worker(id) {
                 self.schedule_restart(now, slot, true);
             }
@@ -1442,7 +1443,7 @@ impl Machine {
             self.fail_rollover(now, reason, true);
         } else if let Some(slot) = self.incoming_of(id) {
             self.drain(now, id, "not ready in time");
-            self.replacement_failed(now, slot, &reason);
+            self.replacement_failed(now, slot, &reason, true);
             if self.occupies(slot, id) {
                 self.schedule_restart(now, slot, true);
             }
@@ -1622,7 +1623,7 @@ impl Machine {
             // The replacement died before it was ready (it took the slot if the old worker
             // died first: then the slot restarts as after any crash).
             let took_slot = self.occupies(incoming_slot, id);
-            self.replacement_failed(now, incoming_slot, &reason);
+            self.replacement_failed(now, incoming_slot, &reason, true);
             if took_slot && !self.shutting_down() {
                 self.schedule_restart(now, incoming_slot, true);
             }
@@ -1874,7 +1875,15 @@ impl Machine {
 
     /// The replacement for `slot` exited or missed its ready deadline: the old worker stays
     /// (if it still runs), and automatic replacements back off.
-    fn replacement_failed(&mut self, now: Instant, slot: usize, reason: &str) {
+    /// `release_at_fault`: false when handoff itself could not start it (out of fds): the
+    /// caller hears `refused`, as after a rollover handoff could not try.
+    fn replacement_failed(
+        &mut self,
+        now: Instant,
+        slot: usize,
+        reason: &str,
+        release_at_fault: bool,
+    ) {
         let Some(inc) = self.slots[slot].incoming.take() else {
             return;
         };
@@ -1896,7 +1905,12 @@ impl Machine {
         );
         self.log(Level::Error, None, message.clone());
         if let Some(w) = inc.waiter {
-            self.reply(w, self.answer(Outcome::RolledBack, message));
+            let outcome = if release_at_fault {
+                Outcome::RolledBack
+            } else {
+                Outcome::Refused
+            };
+            self.reply(w, self.answer(outcome, message));
         }
     }
 

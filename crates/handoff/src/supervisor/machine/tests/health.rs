@@ -517,3 +517,21 @@ fn a_replaced_worker_killed_at_the_drain_timeout_is_not_blamed_on_the_last_rollo
         st.last_rollover
     );
 }
+
+/// A replacement handoff itself could not start (out of fds, say) is `refused`, as a
+/// rollover's is, not `rolled back`: the release was never tried. Before, `restart-worker`
+/// under `prlimit --nofile=20` said "rolled back" about `Too many open files`.
+#[test]
+fn a_replacement_handoff_could_not_start_is_refused_not_rolled_back() {
+    let mut h = Harness::serving(policy(1));
+    h.fail_spawn = Some(0);
+    h.fail_ours = true;
+    let r = outcome(&h.restart_worker(1, 0), 1);
+    assert_eq!(r.outcome, Outcome::Refused, "{r:?}");
+    assert!(r.message.contains("keeps serving"), "{}", r.message);
+    assert_eq!(h.serving_pid(0), 100);
+    // The release's own failure (exec of a missing file) is still a rollback.
+    h.fail_ours = false;
+    let r = outcome(&h.restart_worker(2, 0), 2);
+    assert_eq!(r.outcome, Outcome::RolledBack, "{r:?}");
+}
