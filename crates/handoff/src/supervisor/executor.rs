@@ -411,11 +411,13 @@ impl Executor {
             Action::Log(log) => emit(&log),
             Action::ScanChildren => self.scan_pending = true,
             Action::SampleUsage(workers) => {
+                // Down each worker's tree, not all of /proc: this runs every second.
                 let roots: Vec<i32> = workers.iter().map(|(_, pid)| *pid).collect();
-                let usage = crate::usage::sample(&roots);
+                let rss = crate::usage::tree_rss(&roots);
                 let samples = workers
                     .iter()
-                    .filter_map(|(id, pid)| Some((*id, usage.get(pid)?.rss_bytes)))
+                    .zip(rss)
+                    .filter_map(|((id, _), rss)| Some((*id, rss?)))
                     .collect();
                 self.queue.push_back(Input::Usage(samples));
             }

@@ -266,6 +266,8 @@ enum Replace {
     Asked,
     /// It sent no `WATCHDOG=1` for this long.
     Silent(Duration),
+    /// It never sent `WATCHDOG=1`, this long after `READY=1`.
+    NeverPinged(Duration),
     /// It sent `WATCHDOG=trigger`.
     Triggered,
     /// Its process tree used `rss` bytes, over `max_memory`.
@@ -279,6 +281,11 @@ impl Replace {
         match self {
             Replace::Asked => "restart-worker asked for it".into(),
             Replace::Silent(d) => format!("no WATCHDOG=1 for {} (watchdog)", human(*d)),
+            Replace::NeverPinged(d) => format!(
+                "no WATCHDOG=1 for {} (watchdog): it never sent one since READY=1 (does it \
+                 read WATCHDOG_USEC and WATCHDOG_PID?)",
+                human(*d)
+            ),
             Replace::Triggered => "it sent WATCHDOG=trigger".into(),
             Replace::Memory { rss, limit } => format!(
                 "its process tree uses {}, over max_memory {}",
@@ -293,7 +300,7 @@ impl Replace {
     fn short(&self) -> &'static str {
         match self {
             Replace::Asked => "restart-worker",
-            Replace::Silent(_) | Replace::Triggered => "watchdog",
+            Replace::Silent(_) | Replace::NeverPinged(_) | Replace::Triggered => "watchdog",
             Replace::Memory { .. } => "max_memory",
             Replace::Age(_) => "max_age",
         }
@@ -303,6 +310,13 @@ impl Replace {
     fn is_limit(&self) -> bool {
         matches!(self, Replace::Memory { .. } | Replace::Age(_))
     }
+}
+
+/// How long the next automatic replacement of a slot waits after `failed` failed ones.
+fn replacement_backoff(failed: u32) -> Duration {
+    RESTART_BASE
+        .saturating_mul(1u32 << failed.min(16))
+        .min(RESTART_MAX)
 }
 
 fn mib(bytes: u64) -> String {
@@ -1155,6 +1169,26 @@ impl Machine {
         self.finish(now, Outcome::Ok, message);
     }
 
+    /// New worker `id` of the running rollover hung or sent `WATCHDOG=trigger`: it fails the
+    /// rollover, and is never one of the workers a failed first generation keeps (it is not
+    /// fit to serve; fail_first_generation keeps the ready ones). Once ready, it fails the
+    /// start as a crash there does.
+    fn new_worker_failed(&mut self, now: Instant, id: WorkerId, reason: String) {
+        let Some(ro) = self.rollover_of(id) else {
+            return;
+        };
+        if ro.mode != Mode::Initial {
+            return self.fail_rollover(now, reason, true);
+        }
+        ro.pending.retain(|p| *p != id);
+        let ready = matches!(
+            self.workers.get(&id).map(|w| w.phase),
+            Some(Phase::Ready { .. })
+        );
+        self.drain(now, id, "the first generation failed");
+        self.fail_first_generation(now, reason, !ready);
+    }
+
     /// `release_at_fault`: false when handoff itself could not start a worker (out of fds,
     /// say): the release was never tried, so it is not remembered as a failed one.
     fn fail_rollover(&mut self, now: Instant, reason: String, release_at_fault: bool) {
@@ -1396,7 +1430,8 @@ impl Machine {
             );
             self.fail_rollover(now, reason, !ours);
         } else if let Some(slot) = self.incoming_of(id) {
-            self.replacement_failed(now, slot, &format!("cannot start its replacement: {error}"));
+            let reason = format!("cannot start its replacement: {error}");
+            self.replacement_failed(now, slot, &reason, !ours);
             if self.slots[slot].occupant == Occupant::Worker(id) {
                 self.schedule_restart(now, slot, true);
             }
@@ -1468,7 +1503,7 @@ impl Machine {
         let words = w.last_words();
         if self.rollover_of(id).is_some() {
             let reason = format!("worker {slot} (pid {pid}) sent WATCHDOG=trigger{words}");
-            self.fail_rollover(now, reason, true);
+            self.new_worker_failed(now, id, reason);
         } else if self.occupies(slot, id) {
             if let Err(e) = self.replace(now, slot, Replace::Triggered, None) {
                 self.log_worker(Level::Warn, id, format!("WATCHDOG=trigger ignored: {e}"));
@@ -1558,7 +1593,7 @@ impl Machine {
             self.fail_rollover(now, reason, true);
         } else if let Some(slot) = self.incoming_of(id) {
             self.drain(now, id, "not ready in time");
-            self.replacement_failed(now, slot, &reason);
+            self.replacement_failed(now, slot, &reason, true);
             if self.occupies(slot, id) {
                 self.schedule_restart(now, slot, true);
             }
@@ -1616,7 +1651,7 @@ impl Machine {
             self.forced_kills += 1;
         } else if !self.shutting_down() {
             self.forced_kills += 1;
-            if let Some(last) = &mut self.last {
+            if let Some(last) = self.last.as_mut().filter(|_| !replaced) {
                 last.forced_kills += 1;
             }
             self.unreported_kills.push(format!(
@@ -1751,7 +1786,7 @@ impl Machine {
             // The replacement died before it was ready (it took the slot if the old worker
             // died first: then the slot restarts as after any crash).
             let took_slot = self.occupies(incoming_slot, id);
-            self.replacement_failed(now, incoming_slot, &reason);
+            self.replacement_failed(now, incoming_slot, &reason, true);
             if took_slot && !self.shutting_down() {
                 self.schedule_restart(now, incoming_slot, true);
             }
@@ -2004,8 +2039,16 @@ impl Machine {
         let why = inc.reason.describe();
         let message = format!("worker {slot} replaced: pid {old_pid} → pid {new_pid} ({why})");
         let s = &mut self.slots[slot];
-        s.failed_replacements = 0;
-        s.retry_at = None;
+        // A worker that never pinged is replaced by one that most likely won't either (the
+        // app does not ping): that counts as a failed replacement, so the next one backs
+        // off instead of coming once per watchdog interval forever.
+        if matches!(inc.reason, Replace::NeverPinged(_)) {
+            s.failed_replacements += 1;
+            s.retry_at = Some(now + replacement_backoff(s.failed_replacements));
+        } else {
+            s.failed_replacements = 0;
+            s.retry_at = None;
+        }
         s.last_replacement = Some(LastReplacement {
             at: now,
             message: message.clone(),
@@ -2024,15 +2067,21 @@ impl Machine {
 
     /// The replacement for `slot` exited or missed its ready deadline: the old worker stays
     /// (if it still runs), and automatic replacements back off.
-    fn replacement_failed(&mut self, now: Instant, slot: usize, reason: &str) {
+    /// `release_at_fault`: false when handoff itself could not start it (out of fds): the
+    /// caller hears `refused`, as after a rollover handoff could not try.
+    fn replacement_failed(
+        &mut self,
+        now: Instant,
+        slot: usize,
+        reason: &str,
+        release_at_fault: bool,
+    ) {
         let Some(inc) = self.slots[slot].incoming.take() else {
             return;
         };
         let s = &mut self.slots[slot];
         s.failed_replacements += 1;
-        let backoff = RESTART_BASE
-            .saturating_mul(1u32 << s.failed_replacements.min(16))
-            .min(RESTART_MAX);
+        let backoff = replacement_backoff(s.failed_replacements);
         s.retry_at = Some(now + backoff);
         let kept = if s.occupant == Occupant::Worker(inc.old) {
             format!(
@@ -2048,7 +2097,12 @@ impl Machine {
         );
         self.log(Level::Error, None, message.clone());
         if let Some(w) = inc.waiter {
-            self.reply(w, self.answer(Outcome::RolledBack, message));
+            let outcome = if release_at_fault {
+                Outcome::RolledBack
+            } else {
+                Outcome::Refused
+            };
+            self.reply(w, self.answer(outcome, message));
         }
     }
 
@@ -2184,7 +2238,7 @@ impl Machine {
                     human(interval),
                     w.last_words()
                 );
-                self.fail_rollover(now, reason, true);
+                self.new_worker_failed(now, id, reason);
             }
         }
         for (slot, id) in self.replaceable(now) {
@@ -2196,7 +2250,11 @@ impl Machine {
                     Phase::Ready { since } => w.last_ping.unwrap_or(since).max(since),
                     _ => now,
                 });
-                let _ = self.replace(now, slot, Replace::Silent(silent), None);
+                let reason = match w.last_ping {
+                    Some(_) => Replace::Silent(silent),
+                    None => Replace::NeverPinged(silent),
+                };
+                let _ = self.replace(now, slot, reason, None);
             }
         }
         if self.limits_may_act()

@@ -5,6 +5,8 @@ use super::*;
 
 /// Config reload and the stability window together.
 mod combo;
+/// Random inputs, invariants checked.
+mod fuzz;
 /// One worker replaced gracefully: restart-worker, the per-worker watchdog, memory and age.
 mod health;
 /// Each generation pins the release its `working_directory` named when it started.

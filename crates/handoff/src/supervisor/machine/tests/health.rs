@@ -421,3 +421,128 @@ fn shutdown_abandons_a_replacement_and_answers_its_caller() {
     h.exit(101, 0);
     assert_eq!(h.m.exit_code(), Some(0));
 }
+
+/// A worker of the first generation that hangs or sends `WATCHDOG=trigger` inside the
+/// stability window fails the start, as a crash there does. Before, the start "completed" as
+/// `started with 2 of 2 ready: worker 0 sent WATCHDOG=trigger; the others restart with
+/// backoff`: the worker that asked to be replaced kept its slot and served on (nothing
+/// remembered the trigger), and a hung one was kept while a healthy starting one was drained.
+#[test]
+fn a_first_generation_worker_that_hangs_or_triggers_in_its_window_fails_the_start() {
+    let p = with(2, |p| {
+        p.watchdog = Some(Duration::from_secs(2));
+        p.min_uptime = Duration::from_secs(5);
+    });
+    let mut h = Harness::new(p.clone());
+    h.send(Input::Start);
+    h.ready(100);
+    h.ready(101);
+    let a = h.say(
+        100,
+        Message {
+            watchdog_trigger: true,
+            ..Message::default()
+        },
+    );
+    assert!(
+        told_systemd(&a, &SystemdState::Stopping),
+        "the start fails: {:?}",
+        logs(&a, Level::Error)
+    );
+    let mut drained = signalled(&a, Signal::SIGTERM);
+    drained.sort();
+    assert_eq!(drained, [100, 101]);
+    // Silent past the watchdog inside the window: the same.
+    let mut h = Harness::new(p.clone());
+    h.send(Input::Start);
+    h.ready(100);
+    h.ready(101);
+    h.now += SEC;
+    h.ping(101);
+    let a = h.after(SEC);
+    assert!(told_systemd(&a, &SystemdState::Stopping), "{a:?}");
+    // Without a window, as after a crash there: the hung worker is not kept as "ready"
+    // while the healthy one still starting is drained; the start fails.
+    let p = with(2, |p| p.watchdog = Some(Duration::from_secs(2)));
+    let mut h = Harness::new(p);
+    h.send(Input::Start);
+    h.ready(100);
+    let a = h.after(2 * SEC);
+    assert!(told_systemd(&a, &SystemdState::Stopping), "{a:?}");
+    let mut drained = signalled(&a, Signal::SIGTERM);
+    drained.sort();
+    assert_eq!(drained, [100, 101]);
+}
+
+/// A worker that never pings (the app does not read `WATCHDOG_USEC`, or a wrapper makes
+/// `WATCHDOG_PID` name another process): every replacement is as silent as the worker it
+/// replaced. Before, the slot was replaced once per watchdog interval forever (64
+/// replacements in 30 s with `--watchdog 1s` and 2 workers, an err line each); now the
+/// replacements back off to one per 30 s, and the log says it never pinged.
+#[test]
+fn a_worker_that_never_pings_is_replaced_with_backoff_not_once_per_interval() {
+    let p = with(1, |p| p.watchdog = Some(SEC));
+    let mut h = Harness::serving(p);
+    let mut replaced = 0;
+    let mut said_never = false;
+    for _ in 0..1200 {
+        let a = h.after(100 * MS);
+        said_never |= logs(&a, Level::Error)
+            .iter()
+            .any(|l| l.contains("never sent one since READY=1"));
+        replaced += spawned(&a).len();
+        for pid in h.pids_in("starting") {
+            h.ready(pid);
+        }
+        for pid in h.pids_in("draining") {
+            h.exit_by(pid, Signal::SIGTERM);
+        }
+    }
+    assert!(said_never);
+    assert!(
+        replaced <= 15,
+        "{replaced} replacements in 120 s of a worker that never pings"
+    );
+    assert!(replaced >= 5, "it is still replaced: {replaced}");
+    // Capacity throughout: the slot always has its ready worker.
+    assert_eq!(h.m.ready_count(), 1);
+}
+
+/// A hung worker replaced by the watchdog and SIGKILLed at the drain timeout counts in the
+/// total of forced kills, not on the last rollover: no rollover drained it. Before, status
+/// said `2 workers of that rollover were SIGKILLed` about the start, 30 s after it.
+#[test]
+fn a_replaced_worker_killed_at_the_drain_timeout_is_not_blamed_on_the_last_rollover() {
+    let p = with(1, |p| p.watchdog = Some(2 * SEC));
+    let mut h = Harness::serving(p);
+    h.after(2 * SEC);
+    h.ready(101);
+    h.ping(101);
+    h.after(Duration::from_secs(10));
+    let st = h.m.status(h.now);
+    assert_eq!(st.forced_kills, 1, "the kill is counted");
+    assert_eq!(
+        st.last_rollover.as_ref().map(|l| l.forced_kills),
+        Some(0),
+        "{:?}",
+        st.last_rollover
+    );
+}
+
+/// A replacement handoff itself could not start (out of fds, say) is `refused`, as a
+/// rollover's is, not `rolled back`: the release was never tried. Before, `restart-worker`
+/// under `prlimit --nofile=20` said "rolled back" about `Too many open files`.
+#[test]
+fn a_replacement_handoff_could_not_start_is_refused_not_rolled_back() {
+    let mut h = Harness::serving(policy(1));
+    h.fail_spawn = Some(0);
+    h.fail_ours = true;
+    let r = outcome(&h.restart_worker(1, 0), 1);
+    assert_eq!(r.outcome, Outcome::Refused, "{r:?}");
+    assert!(r.message.contains("keeps serving"), "{}", r.message);
+    assert_eq!(h.serving_pid(0), 100);
+    // The release's own failure (exec of a missing file) is still a rollback.
+    h.fail_ours = false;
+    let r = outcome(&h.restart_worker(2, 0), 2);
+    assert_eq!(r.outcome, Outcome::RolledBack, "{r:?}");
+}
