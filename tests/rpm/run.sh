@@ -102,6 +102,12 @@ t_build() {
     if nice "$PKG/build.sh" --outdir "$OUT" --cargo-target-dir "$CARGO_DIR" suite > "$W/build-suite.log" 2>&1; then
       ok "rpmbuild handoff.spec in $(( ($(now_ms)-t0)/1000 )) s: $(cd "$OUT" && ls handoff-*.rpm | tr '\n' ' ')"
     else bad "rpmbuild handoff.spec:"; tail -25 "$W/build-suite.log" | sed 's/^/      /'; return 1; fi
+    # The same suite as release 1.2: an upgrade of handoff itself (t_upgrade_suite). Cargo's
+    # build is reused; only the packaging runs again.
+    t0=$(now_ms)
+    if nice "$PKG/build.sh" --outdir "$OUT/suite2" --cargo-target-dir "$CARGO_DIR" --rpmbuild-arg "--define=dist .2" suite > "$W/build-suite2.log" 2>&1; then
+      ok "rpmbuild handoff.spec again as release 1.2 in $(( ($(now_ms)-t0)/1000 )) s"
+    else bad "rpmbuild handoff.spec (release 1.2):"; tail -25 "$W/build-suite2.log" | sed 's/^/      /'; return 1; fi
     # v3: the example app with a syntax error in its controller (Egg loads it at boot and fails)
     mkdir -p "$W/broken"
     tar -C "$top/examples/egg-app" --exclude=./node_modules --exclude=./logs --exclude=./run -cf - . | tar -C "$W/broken" -xf -
@@ -116,6 +122,7 @@ t_build() {
     done
   fi
   HRPM=$(ls "$OUT"/handoff-[0-9]*."$(uname -m)".rpm 2>/dev/null | head -1)
+  HRPM2=$(ls "$OUT"/suite2/handoff-[0-9]*."$(uname -m)".rpm 2>/dev/null | head -1)
   MRPM=$(ls "$OUT"/handoff-rpm-macros-*.noarch.rpm 2>/dev/null | head -1)
   A1=$OUT/$APP-1.0.0-1.noarch.rpm A2=$OUT/$APP-2.0.0-1.noarch.rpm A3=$OUT/$APP-3.0.0-1.noarch.rpm
   local f; for f in "$HRPM" "$MRPM" "$A1" "$A2" "$A3"; do [ -f "$f" ] || { bad "missing RPM ${f:-handoff/handoff-rpm-macros}"; return 1; }; done
@@ -491,6 +498,32 @@ t_upgrade_broken() {
     || { bad "load during v3: $failed/$req failed"; info "errors: $(lg v3 'd["errors"][:5]')"; }
 }
 
+# issue 12: upgrading handoff itself re-execs the running app (%posttrans: handoff reexec), under
+# load: same MainPID, same workers, 0 failed requests, and the process runs the new file.
+t_upgrade_suite() {
+  [ -f "${HRPM2:-}" ] || { info "no release-1.2 handoff RPM (REUSE_RPMS without suite2/): skipped"; return; }
+  local pid0 pid1 w0 w1 g0 g1 nr0 nr1 rc exe req okc failed
+  pid0=$(prop handoff@$APP.service MainPID); nr0=$(prop handoff@$APP.service NRestarts)
+  w0=$(hj $APP 'sorted(w["pid"] for w in d["workers"] if w["state"] == "ready")'); g0=$(curgen $APP)
+  app_load_start suite --concurrency 4 --max-seconds 120
+  sleep 1
+  srpm -U --nodeps "$HRPM2"; rc=$?
+  sleep 1
+  loadgen_stop suite
+  pid1=$(prop handoff@$APP.service MainPID); nr1=$(prop handoff@$APP.service NRestarts)
+  w1=$(hj $APP 'sorted(w["pid"] for w in d["workers"] if w["state"] == "ready")'); g1=$(curgen $APP)
+  exe=$(sx readlink "/proc/$pid1/exe" 2>/dev/null)
+  req=$(lg suite 'd["requests"]'); okc=$(lg suite 'd["ok"]'); failed=$(lg_failed suite)
+  info "rpm -U handoff (release 1.2): $(tr '\n' ' ' < "$W/rpm.out"); load: $req requests, $okc ok, $failed failed"
+  if [ $rc = 0 ] && grep -q "handoff@$APP.service re-exec'd onto the new handoff" "$W/rpm.out" \
+     && [ -n "$pid0" ] && [ "$pid0" = "$pid1" ] && [ "$nr0" = "$nr1" ] && [ "$w0" = "$w1" ] && [ "$g0" = "$g1" ] \
+     && [ "$exe" = /usr/bin/handoff ] && [ "$(hj $APP 'd.get("reexecs", 0)')" = 1 ]; then
+    ok "rpm -U handoff: %posttrans re-exec'd handoff@$APP: MainPID $pid1 unchanged and running /usr/bin/handoff (not deleted), workers $w1 unchanged, generation $g1, no restart"
+  else bad "rpm -U handoff: rc $rc; MainPID $pid0 -> $pid1 (exe '$exe'); NRestarts $nr0 -> $nr1; workers $w0 -> $w1; generation $g0 -> $g1"; rpm_out; fi
+  [ "$failed" = 0 ] && [ "$okc" -gt 50 ] && ok "under load during rpm -U handoff: $okc/$req requests ok, 0 failed" \
+    || { bad "load during rpm -U handoff: $failed/$req failed"; info "errors: $(lg suite 'd["errors"][:5]')"; }
+}
+
 t_downgrade() {
   local g0 cur rc starts
   g0=$(curgen $APP); cur=$(jcursor); trig_mark $APP
@@ -542,6 +575,7 @@ t_image_build
 if t_boot; then
   if t_install_suite && t_install_v1; then
     t_upgrade_v2
+    t_upgrade_suite
     t_upgrade_broken
     t_downgrade
   fi
