@@ -310,3 +310,56 @@ fn sigterm_to_handoff_during_the_window_abandons_the_rollover_and_drains_everyth
     );
     assert!(pids.iter().all(|p| !pid_alive(*p)));
 }
+
+#[test]
+fn with_rolling_a_crash_during_the_first_slots_soak_rolls_back_and_no_old_worker_stopped() {
+    // min_uptime 1 s would switch slot 0 before the crash at 1.5 s; the 4 s soak catches it.
+    let d = TempDir::new("st-soak-rel");
+    let pkg = d.path().join("package.json");
+    std::fs::write(&pkg, r#"{"version": "1.0.0"}"#).unwrap();
+    let mut h = Handoff::start(
+        "st-soak",
+        Opts {
+            args: s(&[
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                "2",
+                "--rolling",
+                "--min-uptime",
+                "1s",
+                "--soak",
+                "4s",
+            ]),
+            worker: example_worker(),
+            env: vec![("EXAMPLE_VERSION_FILE", pkg.display().to_string())],
+            wait_ready: 2,
+        },
+    );
+    let old = pids_of(&h, 1, "ready");
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(&h.addr(), 2, stop.clone());
+    release(
+        d.path(),
+        r#"{"version": "2.0.0", "crash_after_ready_ms": 1500}"#,
+    );
+    let (code, out, err) = h.reload_cli(&[]);
+    let said = format!("{out}{err}");
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("rolled back"), "{said}");
+    std::thread::sleep(Duration::from_millis(300));
+    let total = finish_load(&stop, clients);
+    assert!(total.ok > 0);
+    assert!(
+        total.failures.is_empty(),
+        "{:?}",
+        &total.failures[..total.failures.len().min(5)]
+    );
+    assert_eq!(
+        pids_of(&h, 1, "ready"),
+        old,
+        "no old worker was ever stopped"
+    );
+    assert!(h.log().contains("soak"), "{}", h.log());
+    assert!(h.stop().success());
+}

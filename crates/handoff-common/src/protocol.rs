@@ -259,6 +259,9 @@ pub struct SettingsStatus {
     /// The stability window past READY=1 (`min_uptime`).
     #[serde(default)]
     pub min_uptime: String,
+    /// With `rolling`: the first new worker's soak (`0s`: none).
+    #[serde(default)]
+    pub soak: String,
     pub user: Option<String>,
     pub group: Option<String>,
     /// The names `[environment]` sets (values are not shown: they may be secrets).

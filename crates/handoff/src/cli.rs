@@ -253,6 +253,11 @@ pub struct RunArgs {
     /// and the rollover counts as ok; a crash within it rolls back. 0s: no window [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     pub min_uptime: Option<Duration>,
+    /// With --rolling: the first new worker serves beside the old ones this long (at least
+    /// --min-uptime) before the other slots follow; a crash or a hang in it rolls back
+    /// [default: 0s, the stability window only].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub soak: Option<Duration>,
     /// Signal that asks a worker to stop accepting and finish [default: SIGTERM].
     #[arg(long, value_name = "SIG", value_parser = config::parse_signal)]
     pub drain_signal: Option<Signal>,
@@ -312,6 +317,7 @@ impl RunArgs {
             ready_timeout: self.ready_timeout,
             drain_timeout: self.drain_timeout,
             min_uptime: self.min_uptime,
+            soak: self.soak,
             drain_signal: self.drain_signal,
             watchdog: self.watchdog,
             max_memory: self.max_memory,

@@ -55,6 +55,10 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// New workers must stay up this long past `READY=1` before the rollover counts.
     pub min_uptime: Duration,
+    /// With `rolling`: the first new worker serves beside the old ones this long (at least
+    /// `min_uptime`) before the other slots follow.
+    #[serde(default)]
+    pub soak: Duration,
     #[serde(with = "crate::supervisor::machine::snapshot::signal")]
     pub drain_signal: Signal,
     /// Per-worker watchdog: a ready worker must send `WATCHDOG=1` this often.
@@ -92,6 +96,7 @@ pub struct Options {
     pub ready_timeout: Option<Duration>,
     pub drain_timeout: Option<Duration>,
     pub min_uptime: Option<Duration>,
+    pub soak: Option<Duration>,
     #[serde(with = "crate::supervisor::machine::snapshot::opt_signal")]
     pub drain_signal: Option<Signal>,
     /// Zero: off (as `WatchdogSec=0`), so the command line can turn off the file's.
@@ -149,6 +154,7 @@ impl Options {
             ready_timeout: over.ready_timeout.or(self.ready_timeout),
             drain_timeout: over.drain_timeout.or(self.drain_timeout),
             min_uptime: over.min_uptime.or(self.min_uptime),
+            soak: over.soak.or(self.soak),
             drain_signal: over.drain_signal.or(self.drain_signal),
             watchdog: over.watchdog.or(self.watchdog),
             max_memory: over.max_memory.or(self.max_memory),
@@ -184,6 +190,7 @@ impl Options {
             ready_timeout: self.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT),
             drain_timeout: self.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
             min_uptime: self.min_uptime.unwrap_or(DEFAULT_MIN_UPTIME),
+            soak: self.soak.unwrap_or(Duration::ZERO),
             drain_signal: self.drain_signal.unwrap_or(Signal::SIGTERM),
             watchdog: self.watchdog.filter(|d| !d.is_zero()),
             max_memory: self.max_memory.filter(|b| *b > 0),
@@ -418,6 +425,7 @@ struct RawFile {
     ready_timeout: Option<Spanned<String>>,
     drain_timeout: Option<Spanned<String>>,
     min_uptime: Option<Spanned<String>>,
+    soak: Option<Spanned<String>>,
     drain_signal: Option<Spanned<String>>,
     watchdog: Option<Spanned<String>>,
     max_memory: Option<Spanned<String>>,
@@ -618,6 +626,9 @@ pub fn parse_str(text: &str, file: &str) -> Result<Options, ConfigError> {
     }
     if let Some(v) = &raw.min_uptime {
         o.min_uptime = Some(check(&invalid, "min_uptime", v, duration::parse)?);
+    }
+    if let Some(v) = &raw.soak {
+        o.soak = Some(check(&invalid, "soak", v, duration::parse)?);
     }
     if let Some(v) = &raw.drain_signal {
         o.drain_signal = Some(check(&invalid, "drain_signal", v, parse_signal)?);
@@ -966,6 +977,7 @@ mod props {
         "ready_timeout",
         "drain_timeout",
         "min_uptime",
+        "soak",
         "drain_signal",
         "watchdog",
         "max_memory",

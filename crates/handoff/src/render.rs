@@ -171,10 +171,12 @@ pub fn status(r: &StatusReport) -> String {
             o,
             "settings in force: {} worker(s), {}; ready {} within {}; drain {} within {}{}{}{}{}",
             st.workers,
-            if st.rolling {
-                "rolling"
+            if !st.rolling {
+                "whole generation".to_string()
+            } else if !st.soak.is_empty() && st.soak != "0s" {
+                format!("rolling, first slot soaks {}", printable(&st.soak))
             } else {
-                "whole generation"
+                "rolling".to_string()
             },
             printable(&st.ready),
             printable(&st.ready_timeout),

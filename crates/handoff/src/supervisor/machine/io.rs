@@ -28,6 +28,9 @@ pub struct Policy {
     /// old ones are drained; a worker up this long past `READY=1` is healthy (its slot's
     /// crash count resets). Zero: no window.
     pub min_uptime: Duration,
+    /// `--rolling` only: the first new worker's window is at least this long (the soak).
+    #[serde(default)]
+    pub soak: Duration,
     #[serde(with = "super::snapshot::signal")]
     pub drain_signal: Signal,
     /// Each worker must send `WATCHDOG=1` this often once ready (it gets `WATCHDOG_USEC`);
@@ -66,6 +69,7 @@ impl Policy {
             ready_timeout: s.ready_timeout,
             drain_timeout: s.drain_timeout,
             min_uptime: s.min_uptime,
+            soak: s.soak,
             drain_signal: s.drain_signal,
             watchdog: s.watchdog,
             max_memory: s.max_memory,
@@ -98,6 +102,7 @@ impl Policy {
         differ("drain_signal", self.drain_signal != other.drain_signal);
         differ("rolling", self.rolling != other.rolling);
         differ("min_uptime", self.min_uptime != other.min_uptime);
+        differ("soak", self.soak != other.soak);
         differ("watchdog", self.watchdog != other.watchdog);
         differ("max_memory", self.max_memory != other.max_memory);
         differ("max_age", self.max_age != other.max_age);

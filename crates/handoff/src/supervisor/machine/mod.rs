@@ -1064,12 +1064,29 @@ impl Machine {
         }
     }
 
+    /// Whether `ro` is in its soak: `--rolling`, first slot, `soak` longer than `min_uptime`.
+    fn soaking(&self, ro: &Rollover) -> bool {
+        let p = self.settings_of(ro.generation);
+        ro.mode == Mode::Rolling && ro.switched == 0 && p.soak > p.min_uptime
+    }
+
+    /// How long `ro`'s pending workers must stay up past `READY=1` before they switch in:
+    /// the new generation's own `min_uptime` (a reload may have changed it), or its `soak`
+    /// for the first slot of a rolling rollover.
+    fn window(&self, ro: &Rollover) -> Duration {
+        let p = self.settings_of(ro.generation);
+        if self.soaking(ro) {
+            p.soak
+        } else {
+            p.min_uptime
+        }
+    }
+
     /// Switches the pending workers in once all are ready; then the next slot (rolling) or
     /// the end of the rollover.
     fn advance(&mut self, now: Instant) {
-        // The new generation's own window (a reload may have changed `min_uptime`).
-        let window = match &self.rollover {
-            RolloverPhase::Running(ro) => self.settings_of(ro.generation).min_uptime,
+        let (window, soaking) = match &self.rollover {
+            RolloverPhase::Running(ro) => (self.window(ro), self.soaking(ro)),
             _ => return,
         };
         let RolloverPhase::Running(ro) = &mut self.rollover else {
@@ -1095,11 +1112,16 @@ impl Machine {
                     Level::Info,
                     Some(generation),
                     format!(
-                        "{} ready; stability window of {}: {} until then",
+                        "{} ready; {} of {}: {} until then",
                         if slots == 1 {
                             "new worker".to_string()
                         } else {
                             format!("all {slots} new workers")
+                        },
+                        if soaking {
+                            "soak (the first slot of a rolling rollover)"
+                        } else {
+                            "stability window"
                         },
                         human(window),
                         if self.current == 0 {

@@ -34,6 +34,7 @@ pub fn settings_status(p: &Policy) -> SettingsStatus {
         drain_signal: p.drain_signal.as_str().to_string(),
         rolling: p.rolling,
         min_uptime: config_duration(p.min_uptime),
+        soak: config_duration(p.soak),
         user: p.user.clone(),
         group: p.group.clone(),
         environment: p.environment.iter().map(|(k, _)| k.clone()).collect(),
@@ -190,7 +191,7 @@ impl Machine {
             left_ms: at.saturating_duration_since(now).as_millis() as u64,
             // The window's own generation's (a config reload may have changed it since the
             // start).
-            min_uptime_ms: self.settings_of(ro.generation).min_uptime.as_millis() as u64,
+            min_uptime_ms: self.window(ro).as_millis() as u64,
         })
     }
 
@@ -237,9 +238,14 @@ impl Machine {
             && ro.stable_at.is_some()
         {
             line.push_str(&format!(
-                "; gen {} stabilizing (min_uptime {})",
+                "; gen {} stabilizing ({} {})",
                 ro.generation,
-                human(self.settings_of(ro.generation).min_uptime)
+                if self.soaking(ro) {
+                    "soak"
+                } else {
+                    "min_uptime"
+                },
+                human(self.window(ro))
             ));
         }
         if let Some(last) = &self.last {

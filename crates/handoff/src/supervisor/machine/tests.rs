@@ -15,6 +15,8 @@ mod pinned;
 mod settings;
 /// Export and import of the state (`handoff reexec`).
 mod snapshot;
+/// `soak`: the first slot of a rolling rollover.
+mod soak;
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -27,6 +29,7 @@ fn policy(workers: usize) -> Policy {
         drain_timeout: Duration::from_secs(10),
         // The rules before the stability window; `windowed` tests it.
         min_uptime: Duration::ZERO,
+        soak: Duration::ZERO,
         drain_signal: Signal::SIGTERM,
         watchdog: None,
         max_memory: None,
