@@ -164,6 +164,12 @@ impl Worker {
 }
 
 impl Worker {
+    /// Its last `WATCHDOG=1`, or `ready_since` if it sent none since it got ready: where
+    /// its watchdog interval counts from.
+    fn pinged_since(&self, ready_since: Instant) -> Instant {
+        self.last_ping.map_or(ready_since, |p| p.max(ready_since))
+    }
+
     /// "; last status: ..." for failure messages, when the worker said anything.
     fn last_words(&self) -> String {
         let mut s = String::new();
@@ -1673,7 +1679,7 @@ impl Machine {
             self.forced_kills += 1;
         } else if !self.shutting_down() {
             self.forced_kills += 1;
-            if let Some(last) = self.last.as_mut().filter(|_| !replaced) {
+            if let Some(last) = &mut self.last {
                 last.forced_kills += 1;
             }
             self.unreported_kills.push(format!(
@@ -2151,7 +2157,7 @@ impl Machine {
             return None;
         };
         let interval = self.settings_of(w.generation).watchdog?;
-        Some(w.last_ping.unwrap_or(since).max(since) + interval)
+        Some(w.pinged_since(since) + interval)
     }
 
     /// The serving workers an automatic replacement may look at now, with their slots: ready,
@@ -2269,7 +2275,7 @@ impl Machine {
             {
                 let w = &self.workers[&id];
                 let silent = now.saturating_duration_since(match w.phase {
-                    Phase::Ready { since } => w.last_ping.unwrap_or(since).max(since),
+                    Phase::Ready { since } => w.pinged_since(since),
                     _ => now,
                 });
                 let reason = match w.last_ping {

@@ -83,9 +83,7 @@ impl Machine {
                         Phase::Ready { since }
                             if self.settings_of(w.generation).watchdog.is_some() =>
                         {
-                            Some(ms(now.saturating_duration_since(
-                                w.last_ping.unwrap_or(since).max(since),
-                            )))
+                            Some(ms(now.saturating_duration_since(w.pinged_since(since))))
                         }
                         _ => None,
                     },
